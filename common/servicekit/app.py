@@ -71,6 +71,7 @@ def create_service_app(
         name=config["AWS_XRAY_TRACING_NAME"] or tracing_name.format(**config),
         config=config,
         annotations={"version": identity.version, "pod": identity.pod},
+        untraced_paths={f"{url_prefix}/health-status", "/metrics"},
     )
     _require_json_bodies(app)
     headers = identity.headers()

@@ -2,8 +2,10 @@
 
 Use it as ``gunicorn -c python:servicekit.gunicorn_conf 'user_management:create_app()'``;
 ``GUNICORN_BIND`` and ``GUNICORN_WORKERS`` say where and how many. Each service
-package also has a ``gunicorn_conf`` of its own that only sets its default port
-and worker count, so ``-c python:user_management.gunicorn_conf`` needs no env.
+folder also has a ``gunicorn.conf.py`` that only sets its default port and worker
+count, so ``gunicorn -c user-management/gunicorn.conf.py ...`` needs no env. (Those
+files sit beside the packages, not inside: importing a service package imports
+prometheus_client, which must come after the metrics directory is set up below.)
 """
 
 import os
@@ -32,6 +34,9 @@ preload_app = True
 # The worker heartbeat file; /dev/shm is memory, and writable under a read-only root.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 loglevel = _settings["LOG_LEVEL"]
+# gunicorn's control socket has one default path per user: several servers on one
+# machine (a local cluster runs many) would fight over it, and nothing here uses it.
+control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 logger_class = "servicekit.logs.GunicornLogger"

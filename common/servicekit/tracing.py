@@ -20,6 +20,8 @@ patching; see bench/README.md for what that buys. A missing daemon never fails a
 request: segments go out over UDP and a failed send is logged, rate-limited.
 """
 
+import atexit
+import functools
 import logging
 import random
 import time
@@ -49,6 +51,10 @@ class _QuietEmitter(UDPEmitter):
 
     _last_error_log = 0.0
 
+    def __init__(self, daemon_address: str):
+        super().__init__(daemon_address)
+        atexit.register(self._socket.close)
+
     def send_entity(self, entity):
         message = PROTOCOL_HEADER + PROTOCOL_DELIMITER + entity.serialize()
         try:
@@ -61,24 +67,37 @@ class _QuietEmitter(UDPEmitter):
                             self.ip, self.port, exc)
 
 
+@functools.cache
+def _recorder_for(daemon_address: str, context_missing: str) -> AWSXRayRecorder:
+    """One recorder (and so one UDP socket) per daemon address per process.
+
+    The recorder keeps the current segment per thread, so apps in one process can
+    share it; the segment name and sampling decision are ours on every request.
+    """
+    recorder = AWSXRayRecorder()
+    # The recorder opens a UDP socket for its default emitter, replaced just below.
+    recorder.emitter._socket.close()
+    recorder.configure(
+        sampling=False,  # trace every segment we begin as sampled: the decision is ours
+        plugins=(),
+        context=Context(context_missing=context_missing),
+        emitter=_QuietEmitter(daemon_address),
+        stream_sql=False,  # SQL subsegments carry the statement, never its parameters
+    )
+    return recorder
+
+
 class Tracer:
     """X-Ray for one Flask app: a segment per request, helpers for the rest."""
 
-    def __init__(self, name: str, config: dict, annotations: dict[str, str]):
+    def __init__(self, name: str, config: dict, annotations: dict[str, str],
+                 untraced_paths: frozenset[str]):
         self.name = name
+        self.untraced_paths = untraced_paths
         self.sampling_rate = float(config["XRAY_SAMPLING_RATE"])
         self.annotations = annotations
-        self.recorder = AWSXRayRecorder()
-        # sampling=False: the recorder traces every segment we begin as sampled;
-        # the sampling decision is ours (see _sampling_decision).
-        self.recorder.configure(
-            sampling=False,
-            plugins=(),
-            service=name,
-            context=Context(context_missing=config["AWS_XRAY_CONTEXT_MISSING"]),
-            emitter=_QuietEmitter(config["AWS_XRAY_DAEMON_ADDRESS"]),
-            stream_sql=False,  # SQL subsegments carry the statement, never its parameters
-        )
+        self.recorder = _recorder_for(config["AWS_XRAY_DAEMON_ADDRESS"],
+                                      config["AWS_XRAY_CONTEXT_MISSING"])
 
     # -- incoming requests ---------------------------------------------------
 
@@ -94,6 +113,8 @@ class Tracer:
         return 1 if random.random() < self.sampling_rate else 0
 
     def _begin_request(self) -> None:
+        if request.path in self.untraced_paths:
+            return
         header = TraceHeader.from_header_str(request.headers.get(TRACE_HEADER))
         segment = self.recorder.begin_segment(
             name=self.name,
@@ -161,12 +182,17 @@ def _tracer() -> Tracer | None:
 
 # -- the API the services use ---------------------------------------------------
 
-def init_tracing(app: Flask, name: str, config: dict, annotations: dict[str, str]) -> None:
-    """Trace every request of ``app`` unless ``AWS_XRAY_SDK_ENABLED`` is false."""
+def init_tracing(app: Flask, name: str, config: dict, annotations: dict[str, str],
+                 untraced_paths=()) -> None:
+    """Trace the requests of ``app`` unless ``AWS_XRAY_SDK_ENABLED`` is false.
+
+    ``untraced_paths`` are left out: probes and metrics scrapes arrive every few
+    seconds from every pod and would drown the service map.
+    """
     if not config["AWS_XRAY_SDK_ENABLED"]:
         app.extensions["tracer"] = None
         return
-    tracer = Tracer(name, config, annotations)
+    tracer = Tracer(name, config, annotations, frozenset(untraced_paths))
     tracer.install(app)
     app.extensions["tracer"] = tracer
 

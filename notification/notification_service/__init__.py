@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from notification_service.faults import Faults
 from notification_service.features import Features
 from notification_service.mailer import MailSettings
-from servicekit import create_service_app
+from servicekit.app import create_service_app
 
 DEFAULTS = {
     "SERVICE_VERSION": "v1",

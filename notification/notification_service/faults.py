@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from flask import Flask, request
 
-from servicekit import ApiError
+from servicekit.errors import ApiError
 
 _EXEMPT_SUFFIXES = ("/health-status", "/metrics", "/openapi.json", "/docs")
 

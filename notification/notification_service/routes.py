@@ -7,7 +7,7 @@ from flask import current_app
 from marshmallow import ValidationError, validates
 
 from notification_service import mailer
-from servicekit import ApiError
+from servicekit.errors import ApiError
 from servicekit.tracing import subsegment
 
 bp = APIBlueprint("notification", __name__, url_prefix="/notification")

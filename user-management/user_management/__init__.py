@@ -6,8 +6,9 @@ at import, and tests build as many apps as they like with their own settings.
 
 from dataclasses import dataclass
 
-from servicekit import create_service_app
-from user_management.db import Database
+from servicekit.app import create_service_app
+from servicekit.errors import ApiError, error_response
+from user_management.db import Database, DatabaseUnavailable
 from user_management.notification_client import NotificationClient
 
 DEFAULTS = {
@@ -55,6 +56,11 @@ def create_app(config: dict | None = None):
             read_timeout=settings["NOTIFICATION_READ_TIMEOUT"],
         ),
     )
+
+    @app.errorhandler(DatabaseUnavailable)
+    def _database_down(exc):
+        return error_response(ApiError(503, "the database is unavailable",
+                                       code="database_unavailable"))
 
     from user_management import probes, users
 

@@ -9,7 +9,7 @@ pod (and so which version) answers. The reply says who answered, in the
 from apiflask import APIBlueprint
 from flask import current_app
 
-from servicekit import ApiError
+from servicekit.errors import ApiError
 from user_management.db import DatabaseUnavailable
 from user_management.notification_client import NotificationUnavailable
 

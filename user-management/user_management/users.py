@@ -15,8 +15,8 @@ from marshmallow import ValidationError, validates
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from servicekit import ApiError
-from user_management.db import DatabaseUnavailable, User
+from servicekit.errors import ApiError
+from user_management.db import User
 from user_management.notification_client import NotificationUnavailable
 from user_management.passwords import hash_password, policy_problems
 
@@ -71,11 +71,6 @@ def _find(session, username: str) -> User:
     if user is None:
         raise ApiError(404, f"user {username!r} not found")
     return user
-
-
-@bp.errorhandler(DatabaseUnavailable)
-def _database_down(exc):
-    raise ApiError(503, "the database is unavailable", code="database_unavailable")
 
 
 @bp.post("/user")
