@@ -106,7 +106,7 @@ class Service:
         full_env = {**os.environ, **{k: str(v) for k, v in env.items()},
                     "GUNICORN_BIND": f"127.0.0.1:{self.port}"}
         full_env.setdefault("GUNICORN_WORKERS", "2")
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 (open as long as the process runs)
         self.process = subprocess.Popen(
             [str(GUNICORN), "-c", str(ROOT / conf), app],
             env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
