@@ -127,14 +127,19 @@ class Service:
         raise TimeoutError(f"{self.name} not ready after {timeout}s")
 
     def stop(self) -> None:
+        self.terminate()
         if self.process.poll() is None:
-            self.process.terminate()
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, 9)
                 self.process.wait()
         self._log.close()
+
+    def terminate(self) -> None:
+        """Ask gunicorn to stop (SIGTERM: finish requests in flight, then exit)."""
+        if self.process.poll() is None:
+            self.process.terminate()
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -162,5 +167,7 @@ def start_service(tmp_path):
         return service.wait_ready("/usermgmt/health-status")
 
     yield start
+    for service in started:  # all at once: each takes about a second to stop gracefully
+        service.terminate()
     for service in started:
         service.stop()
