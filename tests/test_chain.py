@@ -107,10 +107,9 @@ def test_sql_and_smtp_are_subsegments(stack, xray_daemon):
         return mine if len(mine) >= 2 else None
 
     segments = wait_for(segments_of_trace, what="the create-user trace")
-    front_names = [sub["name"] for sub in segments["user-management"]["subsegments"]]
-    assert "sqlite" in front_names and "notification" in front_names
-    statements = [sub["sql"]["sanitized_query"] for sub in segments["user-management"]["subsegments"]
-                  if sub["name"] == "sqlite"]
+    front = segments["user-management"]["subsegments"]
+    assert {"sqlite", "notification"} <= {sub["name"] for sub in front}
+    statements = [sub["sql"]["sanitized_query"] for sub in front if sub["name"] == "sqlite"]
     assert any(statement.startswith("INSERT INTO users") for statement in statements)
     assert all(STRONG_PASSWORD not in statement for statement in statements)
     back_names = [sub["name"] for sub in segments["notification-v1"]["subsegments"]]
@@ -227,7 +226,8 @@ def test_sigterm_lets_the_request_in_flight_finish(start_service):
     result = {}
 
     def slow_call():
-        result["status"] = requests.get(f"{notification.url}/notification/xray", timeout=10).status_code
+        response = requests.get(f"{notification.url}/notification/xray", timeout=10)
+        result["status"] = response.status_code
 
     caller = threading.Thread(target=slow_call)
     caller.start()
