@@ -1,0 +1,566 @@
+"""The `canarylab` command: run the k8s/ manifests locally, look at them, change the split.
+
+    canarylab up [OVERLAY]          render the overlay with kustomize and run it here
+    canarylab status [--json]       Deployments, pods, Services (and endpoints)
+    canarylab scale DEPLOYMENT N    like kubectl scale, live
+    canarylab split PERCENT         the v2 share as replica counts, applied live
+    canarylab traces [--json]       the service map from the collected X-Ray segments
+    canarylab down                  stop everything `up` started
+
+`up` starts a detached supervisor (canarylab.cluster) and returns once every pod is
+ready; the other commands talk to it over a Unix socket in $CANARYLAB_HOME
+(default ~/.canarylab). With ``--context NAME``, status, scale and split act on a
+real cluster through kubectl instead, and print the same tables and JSON.
+
+Settings read from the environment (each has a matching option of `up`):
+
+| variable                  | default        | meaning                                  |
+|---------------------------|----------------|------------------------------------------|
+| CANARYLAB_HOME            | ~/.canarylab   | state: control socket, logs, pod dirs    |
+| CANARYLAB_POD_NETWORK     | 127.244.0.0/24 | pod addresses                            |
+| CANARYLAB_SERVICE_NETWORK | 127.96.0.0/24  | Service addresses                        |
+| CANARYLAB_XRAY_ADDRESS    | 127.0.0.1:2000 | the local X-Ray collector (UDP)          |
+| CANARYLAB_SMTP_ADDRESS    | 127.0.0.1:1025 | the local mail sink                      |
+| AWS_XRAY_DAEMON_ADDRESS   | unset          | if set, segments go there, not collected |
+| CANARYLAB_KUBECTL         | venv's kubectl | the kubectl that --context uses          |
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+from canarylab import manifests, xray
+from canarylab.cluster import (
+    DEFAULT_POD_NETWORK,
+    DEFAULT_SERVICE_NETWORK,
+    DEFAULT_SMTP_ADDRESS,
+    DEFAULT_XRAY_ADDRESS,
+    Settings,
+    StateDir,
+    loopback_network,
+    marked_processes,
+    pid_alive,
+    split_address,
+)
+from canarylab.images import REPO_ROOT
+
+DEFAULT_OVERLAY = REPO_ROOT / "k8s" / "overlays" / "75-25"
+# The two Deployments behind the one notification Service: the stable version and
+# the canary. `split` moves replicas between them.
+STABLE, CANARY = "notification-v1", "notification-v2"
+SPLIT_TOTAL = 4
+READY_TIMEOUT = 60.0
+
+
+class CommandError(Exception):
+    """A failure to report in one line; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def state_dir() -> StateDir:
+    home = os.environ.get("CANARYLAB_HOME") or Path.home() / ".canarylab"
+    return StateDir(Path(home))
+
+
+# -- talking to the supervisor ------------------------------------------------------
+
+
+def control(state: StateDir, op: str, **fields) -> dict:
+    """Send one request to the supervisor and return its result."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(str(state.socket))
+            sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+            answer = json.loads(sock.makefile("rb").readline() or b"null")
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise CommandError(f"no local cluster is running (CANARYLAB_HOME={state.path}); "
+                           "start one with `canarylab up`") from None
+    if not answer or not answer.get("ok"):
+        raise CommandError((answer or {}).get("error", "the supervisor gave no answer"), 2)
+    return answer["result"]
+
+
+def wait_until_ready(state: StateDir, timeout: float, supervisor=None,
+                     progress: bool = False) -> dict:
+    """Poll status until every Deployment has exactly its desired ready pods."""
+    started = time.monotonic()
+    shown = None
+    while True:
+        if supervisor is not None and supervisor.poll() is not None:
+            raise CommandError(f"the supervisor exited ({supervisor.returncode}):\n"
+                               + tail(state.log))
+        try:
+            status = control(state, "status")
+        except CommandError:
+            if supervisor is None:
+                raise
+            status = None  # still starting: no control socket yet
+        if status is not None:
+            ready, desired = ready_counts(status)
+            if progress and (ready, desired) != shown:
+                shown = (ready, desired)
+                print(f"  {ready}/{desired} pods ready ({time.monotonic() - started:.1f} s)",
+                      file=sys.stderr, flush=True)
+            if ready == desired and len(status["pods"]) == desired:
+                return status
+        if time.monotonic() - started > timeout:
+            waiting = [p["name"] for p in (status or {}).get("pods", []) if not p["ready"]]
+            raise CommandError(f"not every pod is ready after {timeout:.0f} s (not ready: "
+                               f"{', '.join(waiting) or 'none started'}); the cluster keeps "
+                               f"trying: see `canarylab status`, the logs in {state.logs}, "
+                               "and `canarylab down` to stop it")
+        time.sleep(0.1)
+
+
+def ready_counts(status: dict) -> tuple[int, int]:
+    deployments = status["deployments"]
+    return sum(d["ready"] for d in deployments), sum(d["desired"] for d in deployments)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# -- up and down --------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    state = state_dir()
+    if state.supervisor_pid():
+        raise CommandError(f"a local cluster is already running (CANARYLAB_HOME={state.path}); "
+                           "`canarylab down` first")
+    started = time.monotonic()
+    overlay = Path(args.overlay)
+    try:
+        rendered = manifests.render(overlay)
+        spec = manifests.parse(rendered)
+        for network in (args.pod_network, args.service_network):
+            loopback_network(network)
+    except ValueError as error:  # manifests.Unsupported is a ValueError
+        raise CommandError(f"refused: {error}", 2) from None
+    for notice in spec.notices:
+        print(f"note: {notice}")
+    settings = make_settings(args, overlay)
+    stop_leftovers(state)
+    prepare(state, settings, rendered)
+    supervisor = start_supervisor(state)
+    print(f"starting {sum(d.replicas for d in spec.deployments.values())} pods "
+          f"from {overlay} ...", file=sys.stderr, flush=True)
+    status = wait_until_ready(state, args.timeout, supervisor, progress=True)
+    print(f"cluster up in {time.monotonic() - started:.1f} s")
+    print(f"user-management: {status['usermgmt_url']}")
+    for service in status["services"]:
+        print(f"service {service['name']}: {service['address']} "
+              f"({len(service['endpoints'])} endpoints)")
+    xray = (f"X-Ray segments: udp {settings.xray_address}"
+            + (" (collected: `canarylab traces`)" if settings.collect_xray else
+               " (AWS_XRAY_DAEMON_ADDRESS; not collected here)"))
+    print(xray)
+    print(f"mail: smtp {settings.smtp_address}")
+    print("stop it with `canarylab down`")
+
+
+def make_settings(args: argparse.Namespace, overlay: Path) -> Settings:
+    daemon = os.environ.get("AWS_XRAY_DAEMON_ADDRESS")
+    for address in (args.xray_address, args.smtp_address, daemon):
+        if address:
+            try:
+                split_address(address)
+            except ValueError:
+                raise CommandError(f"{address}: expected HOST:PORT", 2) from None
+    return Settings(
+        overlay=str(overlay),
+        pod_network=args.pod_network,
+        service_network=args.service_network,
+        xray_address=daemon or args.xray_address,
+        collect_xray=not daemon,
+        smtp_address=args.smtp_address,
+    )
+
+
+def prepare(state: StateDir, settings: Settings, rendered: str) -> None:
+    """A clean state directory: last run's pods and logs go, the new spec is written."""
+    if len(str(state.socket).encode()) > 107:  # sun_path's size on Linux, minus the NUL
+        raise CommandError(f"CANARYLAB_HOME={state.path} is too long for a Unix socket path")
+    for directory in (state.pods, state.logs):
+        shutil.rmtree(directory, ignore_errors=True)
+    state.save(settings, rendered)
+
+
+def start_supervisor(state: StateDir) -> subprocess.Popen:
+    """The detached supervisor: its own session, so it outlives this command."""
+    env = {**os.environ, "CANARYLAB_CLUSTER": str(state.path)}
+    with open(state.log, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "canarylab.cluster", str(state.path)],
+            cwd=state.path, env=env, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def cmd_down(args: argparse.Namespace) -> None:
+    state = state_dir()
+    pid = state.supervisor_pid()
+    if pid is None and not marked_processes(state):
+        print(f"no local cluster is running (CANARYLAB_HOME={state.path})")
+        return
+    pods = 0
+    if pid is not None:
+        pods = len(control(state, "status")["pods"])
+        control(state, "shutdown")
+        if not wait_for_exit([pid], timeout=30):
+            print(f"the supervisor (pid {pid}) did not stop; killing it", file=sys.stderr)
+    left = stop_leftovers(state)
+    print(f"cluster stopped: {pods} pods deleted"
+          + (f", {left} stray processes killed" if left else "") + "; no process left")
+
+
+def stop_leftovers(state: StateDir) -> int:
+    """SIGKILL every process group still marked as this cluster's; verify none is left."""
+    pids = marked_processes(state)
+    for pid in pids:
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+    if not wait_for_exit(pids, timeout=5) or marked_processes(state):
+        raise CommandError(f"processes of the cluster are still running: {marked_processes(state)}")
+    state.socket.unlink(missing_ok=True)
+    state.pid_file.unlink(missing_ok=True)
+    return len(pids)
+
+
+def wait_for_exit(pids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+# -- status, scale, split -----------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    status = kube_status(args.context) if args.context else control(state_dir(), "status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return
+    print(table(["DEPLOYMENT", "VERSION", "READY", "IMAGE"],
+                [[d["name"], d["version"] or "-", f"{d['ready']}/{d['desired']}", d["image"]]
+                 for d in status["deployments"]]))
+    print()
+    print(table(["POD", "READY", "STATUS", "RESTARTS", "IP"],
+                [[p["name"], "yes" if p["ready"] else "no", p["status"], p["restarts"],
+                  p["ip"] or "-"] for p in status["pods"]]))
+    print()
+    print(table(["SERVICE", "ADDRESS", "ENDPOINTS"],
+                [[s["name"], s["address"], ", ".join(s["endpoints"]) or "(none ready)"]
+                 for s in status["services"]]))
+    print()
+    print(f"user-management: {status['usermgmt_url'] or '(no address reachable from here)'}")
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """Columns aligned to their widest cell, like kubectl's tables."""
+    cells = [headers, *[[str(cell) for cell in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                     .rstrip() for row in cells)
+
+
+def cmd_scale(args: argparse.Namespace) -> None:
+    apply_replicas({args.deployment: args.replicas}, args.context, args.timeout)
+
+
+def apply_replicas(changes: dict[str, int], context: str | None, timeout: float) -> None:
+    """Set replica counts: growing Deployments first, so capacity never dips."""
+    current = current_replicas(context)
+    for name in changes:
+        if name not in current:
+            raise CommandError(f"no Deployment named {name} (there are {', '.join(current)})", 2)
+    growing = {n: r for n, r in changes.items() if r >= current[n]}
+    shrinking = {n: r for n, r in changes.items() if r < current[n]}
+    for step in (growing, shrinking):
+        for name, replicas in step.items():
+            scale(name, replicas, context)
+            print(f"deployment.apps/{name} scaled to {replicas}")
+        if step:
+            wait_scaled(list(step), context, timeout)
+
+
+def current_replicas(context: str | None) -> dict[str, int]:
+    status = kube_status(context) if context else control(state_dir(), "status")
+    return {d["name"]: d["desired"] for d in status["deployments"]}
+
+
+def scale(name: str, replicas: int, context: str | None) -> None:
+    if context:
+        kubectl(context, "scale", f"deployment/{name}", f"--replicas={replicas}")
+    else:
+        control(state_dir(), "scale", deployment=name, replicas=replicas)
+
+
+def wait_scaled(names: list[str], context: str | None, timeout: float) -> None:
+    """Wait until those Deployments run exactly their replicas, all ready."""
+    if context:
+        for name in names:
+            kubectl(context, "rollout", "status", f"deployment/{name}", f"--timeout={timeout:.0f}s")
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        status = control(state_dir(), "status")
+        if all(scaled(status, name) for name in names):
+            return
+        if time.monotonic() > deadline:
+            raise CommandError(f"{', '.join(names)} not ready after {timeout:.0f} s; "
+                               "see `canarylab status`")
+        time.sleep(0.1)
+
+
+def scaled(status: dict, name: str) -> bool:
+    deployment = next(d for d in status["deployments"] if d["name"] == name)
+    pods = [p for p in status["pods"] if p["deployment"] == name]
+    return deployment["ready"] == deployment["desired"] == len(pods)
+
+
+def split_replicas(percent: Fraction, total: int) -> tuple[int, int]:
+    """(stable, canary) pods for a canary share: the nearest whole pod, ties to stable."""
+    exact = percent * total / 100
+    canary = int(exact) if exact - int(exact) <= Fraction(1, 2) else int(exact) + 1
+    return total - canary, canary
+
+
+def percent_text(value: Fraction) -> str:
+    return f"{float(value):.0f}%" if value.denominator == 1 else f"{float(value):.1f}%"
+
+
+def describe_split(percent: Fraction, total: int) -> str:
+    """What a split becomes in whole pods: '41% of 6 pods is 4/2 = 33.3% to ...'."""
+    stable, canary = split_replicas(percent, total)
+    achieved = Fraction(100 * canary, total)
+    text = (f"{percent_text(percent)} of {total} pods is {stable}/{canary} = "
+            f"{percent_text(achieved)} to {CANARY}")
+    if achieved != percent:
+        tie = (percent * total / 100).denominator == 2
+        text += (" (rounded to the nearest whole pod"
+                 + (f"; a tie goes to {STABLE}" if tie else "") + ")")
+    if 0 < percent < 100 and canary in (0, total):
+        text += f"\nwarning: {CANARY if canary == 0 else STABLE} gets no pod; use a larger --total"
+    return text
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    try:
+        percent = Fraction(args.percent)
+    except ValueError:
+        raise CommandError(f"{args.percent}: expected a percentage such as 25", 2) from None
+    if not 0 <= percent <= 100 or args.total < 1:
+        raise CommandError("PERCENT must be 0 to 100 and --total at least 1", 2)
+    stable, canary = split_replicas(percent, args.total)
+    print(describe_split(percent, args.total))
+    apply_replicas({STABLE: stable, CANARY: canary}, args.context, args.timeout)
+    print("\nfor a real cluster, in the overlay's kustomization.yaml:")
+    print(replicas_patch(stable, canary))
+
+
+def replicas_patch(stable: int, canary: int) -> str:
+    return (f"replicas:\n  - name: {STABLE}\n    count: {stable}\n"
+            f"  - name: {CANARY}\n    count: {canary}")
+
+
+# -- a real cluster through kubectl -------------------------------------------------
+
+
+def kubectl_path() -> str:
+    return os.environ.get("CANARYLAB_KUBECTL") or str(manifests.kubectl())
+
+
+def kubectl(context: str, *args: str) -> str:
+    command = [kubectl_path(), "--context", context, *args]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise CommandError(f"{' '.join(command)} failed:\n{result.stderr.strip()}")
+    return result.stdout
+
+
+def kube_status(context: str) -> dict:
+    """`kubectl get deploy,pods,svc -o json`, reshaped to the local status JSON."""
+    items = json.loads(kubectl(context, "get", "deploy,pods,svc", "-o", "json"))["items"]
+    return reshape(items)
+
+
+def reshape(items: list[dict]) -> dict:
+    by_kind: dict[str, list[dict]] = {"Deployment": [], "Pod": [], "Service": []}
+    for item in items:
+        by_kind.setdefault(item["kind"], []).append(item)
+    deployments = [{
+        "name": d["metadata"]["name"],
+        "version": d["spec"]["template"]["metadata"].get("labels", {}).get("version"),
+        "image": d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "desired": d["spec"].get("replicas", 1),
+        "ready": d.get("status", {}).get("readyReplicas", 0),
+    } for d in by_kind["Deployment"]]
+    pods = [kube_pod(p, by_kind["Deployment"]) for p in by_kind["Pod"]]
+    services = [kube_service(s, by_kind["Pod"]) for s in by_kind["Service"]]
+    return {"deployments": deployments, "pods": pods, "services": services,
+            "usermgmt_url": kube_usermgmt_url(by_kind["Service"], by_kind["Deployment"])}
+
+
+def kube_pod(pod: dict, deployments: list[dict]) -> dict:
+    labels = pod["metadata"].get("labels", {})
+    owner = next((d["metadata"]["name"] for d in deployments
+                  if manifests.selects(d["spec"]["selector"].get("matchLabels", {}), labels)),
+                 None)
+    status = pod.get("status", {})
+    containers = status.get("containerStatuses", [])
+    waiting = [c["state"]["waiting"].get("reason") for c in containers
+               if "waiting" in c.get("state", {})]
+    return {
+        "name": pod["metadata"]["name"],
+        "deployment": owner,
+        "version": labels.get("version"),
+        "ip": status.get("podIP"),
+        "ready": kube_ready(pod),
+        "restarts": sum(c.get("restartCount", 0) for c in containers),
+        "status": "Terminating" if pod["metadata"].get("deletionTimestamp")
+        else (waiting[0] if waiting and waiting[0] else status.get("phase", "Unknown")),
+        "pid": None,
+    }
+
+
+def kube_ready(pod: dict) -> bool:
+    conditions = pod.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def kube_service(service: dict, pods: list[dict]) -> dict:
+    """A Service and its endpoints: ready pods its selector matches (as kube-proxy sees)."""
+    spec = service["spec"]
+    port = spec["ports"][0]
+    target = port.get("targetPort", port["port"])
+    endpoints = []
+    for pod in pods:
+        if not spec.get("selector") or not kube_ready(pod):
+            continue
+        if not manifests.selects(spec["selector"], pod["metadata"].get("labels", {})):
+            continue
+        container_port = target if isinstance(target, int) else next(
+            (p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])
+             if p.get("name") == target), None)
+        if container_port is not None:
+            endpoints.append(f"{pod['status']['podIP']}:{container_port}")
+    return {"name": service["metadata"]["name"],
+            "address": f"{spec.get('clusterIP')}:{port['port']}", "endpoints": endpoints}
+
+
+def kube_usermgmt_url(services: list[dict], deployments: list[dict]) -> str | None:
+    """The user-management Service's external address, if it has one (LoadBalancer)."""
+    labels = [d["spec"]["template"]["metadata"].get("labels", {}) for d in deployments
+              if "user-management" in d["spec"]["template"]["spec"]["containers"][0]["image"]]
+    for service in services:
+        selector = service["spec"].get("selector") or {}
+        if not any(selector and manifests.selects(selector, lab) for lab in labels):
+            continue
+        for ingress in service.get("status", {}).get("loadBalancer", {}).get("ingress", []):
+            host = ingress.get("ip") or ingress.get("hostname")
+            return f"http://{host}:{service['spec']['ports'][0]['port']}/usermgmt"
+    return None
+
+
+# -- traces ---------------------------------------------------------------------------
+
+
+def cmd_traces(args: argparse.Namespace) -> None:
+    traces = control(state_dir(), "traces")
+    if not traces["collected"]:
+        raise CommandError(f"segments go to {traces['address']} (AWS_XRAY_DAEMON_ADDRESS was "
+                           "set at `up`); the local cluster collected none")
+    graph = xray.service_map(xray.read_segments(traces["file"]))
+    if args.json:
+        print(json.dumps(dataclasses.asdict(graph), indent=2))
+    else:
+        print(xray.render_service_map(graph))
+
+
+# -- the parser -----------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="canarylab", description="Run and steer canarylab's k8s/ manifests, locally "
+        "(no Docker, no Kubernetes) or on a real cluster (--context).")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run an overlay on this machine")
+    up.add_argument("overlay", nargs="?", default=str(DEFAULT_OVERLAY),
+                    help=f"kustomize overlay (default {DEFAULT_OVERLAY.relative_to(REPO_ROOT)})")
+    env = os.environ.get
+    up.add_argument("--pod-network",
+                    default=env("CANARYLAB_POD_NETWORK", DEFAULT_POD_NETWORK))
+    up.add_argument("--service-network",
+                    default=env("CANARYLAB_SERVICE_NETWORK", DEFAULT_SERVICE_NETWORK))
+    up.add_argument("--xray-address", help="UDP address of the local X-Ray collector",
+                    default=env("CANARYLAB_XRAY_ADDRESS", DEFAULT_XRAY_ADDRESS))
+    up.add_argument("--smtp-address", help="address of the local mail sink",
+                    default=env("CANARYLAB_SMTP_ADDRESS", DEFAULT_SMTP_ADDRESS))
+    up.add_argument("--timeout", type=float, default=READY_TIMEOUT,
+                    help="seconds to wait for every pod to be ready")
+    up.set_defaults(run=cmd_up)
+
+    down = commands.add_parser("down", help="stop the local cluster, leave no process")
+    down.set_defaults(run=cmd_down)
+
+    status = commands.add_parser("status", help="Deployments, pods, Services")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--context", help="a kubectl context: a real cluster")
+    status.set_defaults(run=cmd_status)
+
+    scale_ = commands.add_parser("scale", help="set a Deployment's replicas, live")
+    scale_.add_argument("deployment")
+    scale_.add_argument("replicas", type=int)
+    scale_.add_argument("--context", help="a kubectl context: a real cluster")
+    scale_.add_argument("--timeout", type=float, default=READY_TIMEOUT)
+    scale_.set_defaults(run=cmd_scale)
+
+    split = commands.add_parser("split", help=f"send PERCENT of calls to {CANARY}")
+    split.add_argument("percent", help="the canary's share, 0 to 100")
+    split.add_argument("--total", type=int, default=SPLIT_TOTAL,
+                       help=f"notification pods in all (default {SPLIT_TOTAL})")
+    split.add_argument("--context", help="a kubectl context: a real cluster")
+    split.add_argument("--timeout", type=float, default=READY_TIMEOUT)
+    split.set_defaults(run=cmd_split)
+
+    traces = commands.add_parser("traces", help="service map of the collected X-Ray segments")
+    traces.add_argument("--json", action="store_true")
+    traces.set_defaults(run=cmd_traces)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except CommandError as error:
+        print(f"canarylab: {error}", file=sys.stderr)
+        return error.code
+    return 0
