@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint lock demo bench clean
+.PHONY: install test test-all lint lock demo bench bench-chain wrk clean
 
 install: $(STAMP)
 
@@ -30,8 +30,19 @@ lock: install
 	$(BIN)/pip install --quiet uv
 	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11 --quiet
 
-bench: install
-	$(BIN)/python -m bench
+# The local cluster from k8s/overlays/75-25, traffic, the observed split, the
+# X-Ray service map and a report in reports/; then everything is stopped.
+demo: install
+	$(BIN)/canarylab demo
+
+# Benchmarks need wrk (Debian's package; installed here when missing and root).
+bench: bench-chain
+
+bench-chain: install wrk
+	$(BIN)/python bench/chain_bench.py
+
+wrk:
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 
 clean:
 	rm -rf $(VENV) build *.egg-info reports .pytest_cache

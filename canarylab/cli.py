@@ -553,14 +553,32 @@ def parser() -> argparse.ArgumentParser:
     traces = commands.add_parser("traces", help="service map of the collected X-Ray segments")
     traces.add_argument("--json", action="store_true")
     traces.set_defaults(run=cmd_traces)
+
+    demo = commands.add_parser("demo", help="up, traffic, the observed split, traces, down")
+    demo.add_argument("overlay", nargs="?", default=str(DEFAULT_OVERLAY))
+    demo.add_argument("--requests", type=int, default=2000, help="calls to send (default 2000)")
+    demo.add_argument("--concurrency", type=int, default=4)
+    demo.add_argument("--max-seconds", type=float, default=60.0,
+                      help="stop sending after this long, whatever the count")
+    demo.add_argument("--reports", default="reports", help="where the report folder goes")
+    demo.add_argument("--keep", action="store_true", help="leave the cluster running")
+    demo.set_defaults(run=demo_command)
     return top
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from canarylab.demo import cmd_demo
+
+    return cmd_demo(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args) or 0
     except CommandError as error:
         print(f"canarylab: {error}", file=sys.stderr)
         return error.code
-    return 0
+    except BrokenPipeError:  # `canarylab status | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
