@@ -5,6 +5,8 @@
     canarylab scale DEPLOYMENT N    like kubectl scale, live
     canarylab split PERCENT         the v2 share as replica counts, applied live
     canarylab traces [--json]       the service map from the collected X-Ray segments
+    canarylab mail [--json]         the mails the local SMTP server received
+    canarylab demo [OVERLAY]        up, traffic, observed vs declared split, traces, down
     canarylab down                  stop everything `up` started
 
 `up` starts a detached supervisor (canarylab.cluster) and returns once every pod is
@@ -502,6 +504,24 @@ def cmd_traces(args: argparse.Namespace) -> None:
         print(xray.render_service_map(graph))
 
 
+# -- mail ------------------------------------------------------------------------------
+
+
+def cmd_mail(args: argparse.Namespace) -> None:
+    mail = control(state_dir(), "mail")
+    if args.json:
+        print(json.dumps(mail, indent=2))
+        return
+    if not mail["messages"]:
+        print(f"no mail yet at smtp {mail['address']}")
+    for message in mail["messages"]:
+        parts = "text + html" if message["html"] else "text"
+        print(f"From {message['from']} to {', '.join(message['to'])}: "
+              f"{message['subject']} ({parts})")
+        for line in (message["text"] or "").strip().splitlines():
+            print(f"    {line}")
+
+
 # -- the parser -----------------------------------------------------------------------
 
 
@@ -553,6 +573,10 @@ def parser() -> argparse.ArgumentParser:
     traces = commands.add_parser("traces", help="service map of the collected X-Ray segments")
     traces.add_argument("--json", action="store_true")
     traces.set_defaults(run=cmd_traces)
+
+    mail = commands.add_parser("mail", help="the mails the local SMTP server received")
+    mail.add_argument("--json", action="store_true")
+    mail.set_defaults(run=cmd_mail)
 
     demo = commands.add_parser("demo", help="up, traffic, the observed split, traces, down")
     demo.add_argument("overlay", nargs="?", default=str(DEFAULT_OVERLAY))

@@ -296,7 +296,7 @@ class Cluster:
         self.service_ips = {name: str(next(service_ips)) for name in sorted(spec.services)}
         self.proxies: dict[str, ServiceProxy] = {}
         self.collector: XRayCollector | None = None
-        self.mail: MailSink | None = None
+        self.mail_sink: MailSink | None = None
         self.stopped = asyncio.Event()
         self.rng = random.Random()
 
@@ -309,8 +309,8 @@ class Cluster:
             await listen(self.collector, f"the X-Ray collector (udp {self.settings.xray_address})",
                          "move it with --xray-address, or set AWS_XRAY_DAEMON_ADDRESS to "
                          "send segments to the daemon already there")
-        self.mail = MailSink(*split_address(self.settings.smtp_address))
-        await listen(self.mail, f"the mail sink ({self.settings.smtp_address})",
+        self.mail_sink = MailSink(*split_address(self.settings.smtp_address))
+        await listen(self.mail_sink, f"the mail sink ({self.settings.smtp_address})",
                      "move it with --smtp-address")
         for name, service in self.spec.services.items():
             proxy = ServiceProxy(self.service_ips[name], service.ports[0].port)
@@ -329,8 +329,8 @@ class Cluster:
             await proxy.stop()
         if self.collector:
             await self.collector.stop()
-        if self.mail:
-            await self.mail.stop()
+        if self.mail_sink:
+            await self.mail_sink.stop()
         self.stopped.set()
 
     # -- the ReplicaSet controller --
@@ -585,6 +585,13 @@ class Cluster:
         return {"collected": True, "address": self.settings.xray_address,
                 "file": str(self.state.segments), "count": len(segments)}
 
+    def mail(self) -> dict:
+        """The mails the local SMTP server received, newest last."""
+        messages = self.mail_sink.messages if self.mail_sink else []
+        return {"address": self.settings.smtp_address, "messages": [
+            {"from": m.mail_from, "to": m.recipients, "subject": m.subject,
+             "text": m.text, "html": m.html is not None} for m in messages]}
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One control request: a JSON line in, a JSON line out."""
         try:
@@ -596,6 +603,8 @@ class Cluster:
                 result = self.scale(request["deployment"], int(request["replicas"]))
             elif op == "traces":
                 result = self.traces()
+            elif op == "mail":
+                result = self.mail()
             elif op == "shutdown":
                 asyncio.get_running_loop().create_task(self.stop())
                 result = {"pid": os.getpid()}

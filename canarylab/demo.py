@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import math
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from canarylab import xray
+from canarylab.stats import binomial_p_value, wilson_interval
 
 VERSION_HEADER, POD_HEADER = "X-Notification-Version", "X-Notification-Pod"
 CANARY_PATH = "/notification-xray"
@@ -101,34 +101,6 @@ def _call(host: str, port: int, path: str) -> tuple[str | None, str | None, str 
         return None, None, type(error).__name__
     finally:
         connection.close()
-
-
-# -- statistics --------------------------------------------------------------------
-
-
-def binomial_p_value(k: int, n: int, p: float) -> float:
-    """Exact two-sided binomial test: the chance of an outcome at most as likely as ``k``."""
-    if p in (0.0, 1.0):
-        return 1.0 if k == round(p * n) else 0.0
-
-    def log_pmf(i: int) -> float:
-        return (math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-                + i * math.log(p) + (n - i) * math.log1p(-p))
-
-    observed = log_pmf(k)
-    # Outcomes as likely as k or less; the tiny tolerance absorbs rounding.
-    total = sum(math.exp(log_pmf(i)) for i in range(n + 1) if log_pmf(i) <= observed + 1e-9)
-    return min(1.0, total)
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a share of k in n (better than k/n ± z·se near 0 or 1)."""
-    if n == 0:
-        return 0.0, 1.0
-    share = k / n
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import math
 import os
 import random
 import socket
@@ -18,7 +17,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from fractions import Fraction
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,10 +130,22 @@ def wait_for(condition, timeout: float, interval: float = 0.05):
 
 def get(address: str, path: str, timeout: float = 5) -> tuple[int, dict[str, str], bytes]:
     """One GET over a NEW connection (what makes kube-proxy pick a pod again)."""
+    return _request(address, "GET", path, None, timeout)
+
+
+def post_json(address: str, path: str, payload: dict,
+              timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    return _request(address, "POST", path, json.dumps(payload).encode(), timeout)
+
+
+def _request(address: str, method: str, path: str, body: bytes | None, timeout: float):
     host, port = address.rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    headers = {"Connection": "close"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
     try:
-        connection.request("GET", path, headers={"Connection": "close"})
+        connection.request(method, path, body, headers)
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:
@@ -155,15 +165,3 @@ def get_many(address: str, path: str, count: int, seconds: float,
 
     with ThreadPoolExecutor(threads) as pool:
         return [result for result in pool.map(one, range(count)) if result is not None]
-
-
-def binomial_p_value(successes: int, trials: int, p: Fraction) -> float:
-    """Exact two-sided binomial test: P(an outcome as unlikely as this one | p).
-
-    The "minlike" rule scipy.stats.binomtest uses, computed in integers: with
-    p = a/b, P(X = i) = C(n, i) a^i (b - a)^(n - i) / b^n.
-    """
-    a, b = p.numerator, p.denominator
-    weights = [math.comb(trials, i) * a**i * (b - a) ** (trials - i) for i in range(trials + 1)]
-    observed = weights[successes]
-    return float(Fraction(sum(w for w in weights if w <= observed), b**trials))

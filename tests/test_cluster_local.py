@@ -22,14 +22,16 @@ from cluster_fixtures import (
     OVERLAYS,
     LocalCluster,
     alive,
-    binomial_p_value,
     environ,
     get,
     get_many,
     pods_of,
+    post_json,
     service,
     wait_for,
 )
+
+from canarylab.stats import binomial_p_value
 
 NOTIFICATION = "notification-clusterip-service"
 USERMGMT = "usermgmt-restapp-service"
@@ -194,6 +196,19 @@ def test_traces_show_user_management_calling_both_versions(cluster):
         return {"notification-v1", "notification-v2"} <= targets
     wait_for(both_versions_traced, timeout=10, interval=0.2)
     assert "user-management -> notification-v2" in cluster.ok("traces")
+
+
+def test_new_user_gets_a_welcome_mail_in_the_local_mail_server(cluster):
+    address = cluster.status()["usermgmt_url"].removeprefix("http://").split("/")[0]
+    user = {"username": "trainee1", "email": "trainee1@example.com", "password": "Pass@123",
+            "firstname": "Tess", "lastname": "Trainee", "role": "ROLE_USER"}
+    code, _, body = post_json(address, "/usermgmt/user", user)
+    assert code == 201 and json.loads(body)["notification"]["sent"] is True
+
+    mail = json.loads(cluster.ok("mail", "--json"))
+    welcome = [m for m in mail["messages"] if m["to"] == ["trainee1@example.com"]]
+    assert len(welcome) == 1 and welcome[0]["subject"] == "Welcome to canarylab"
+    assert "trainee1" in cluster.ok("mail")
 
 
 def test_down_leaves_no_process(cluster):
