@@ -7,6 +7,7 @@
     canarylab traces [--json]       the service map from the collected X-Ray segments
     canarylab mail [--json]         the mails the local SMTP server received
     canarylab demo [OVERLAY]        up, traffic, observed vs declared split, traces, down
+    canarylab listen                SMTP and X-Ray stand-ins in the foreground (services by hand)
     canarylab down                  stop everything `up` started
 
 `up` starts a detached supervisor (canarylab.cluster) and returns once every pod is
@@ -578,6 +579,12 @@ def parser() -> argparse.ArgumentParser:
     mail.add_argument("--json", action="store_true")
     mail.set_defaults(run=cmd_mail)
 
+    listen = commands.add_parser(
+        "listen", help="an SMTP server and an X-Ray daemon stand-in, printing what arrives")
+    listen.add_argument("--smtp-address", default=DEFAULT_SMTP_ADDRESS)
+    listen.add_argument("--xray-address", default=DEFAULT_XRAY_ADDRESS)
+    listen.set_defaults(run=listen_command)
+
     demo = commands.add_parser("demo", help="up, traffic, the observed split, traces, down")
     demo.add_argument("overlay", nargs="?", default=str(DEFAULT_OVERLAY))
     demo.add_argument("--requests", type=int, default=2000, help="calls to send (default 2000)")
@@ -588,6 +595,12 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the cluster running")
     demo.set_defaults(run=demo_command)
     return top
+
+
+def listen_command(args: argparse.Namespace) -> int:
+    from canarylab.listen import cmd_listen
+
+    return cmd_listen(args)
 
 
 def demo_command(args: argparse.Namespace) -> int:

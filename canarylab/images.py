@@ -3,7 +3,7 @@
 On Kubernetes an image is a file system, a start command and the ENV lines its
 Dockerfile baked in. The local cluster has no images and no registry: an image is
 a folder of this working tree, started with the command the image would run
-(gunicorn with the shared settings in ``servicekit.gunicorn_conf``), with the
+(gunicorn with the service's ``gunicorn.conf.py``), with the
 image's ENV read from the file the image build bakes in. This module is the only
 place that knows which image is which service.
 
@@ -42,8 +42,9 @@ class Image:
     repository: str
     # Folders (relative to the repository root) the image copies its code from.
     source: tuple[str, ...]
-    # The gunicorn application, as the image's CMD names it.
+    # The gunicorn application and settings file, as the image's CMD names them.
     app: str
+    config: str
     # KEY=VALUE lines the image bakes in as ENV, or None.
     env_file: str | None = None
     # The env_file key that must equal the image tag, or None to accept any tag.
@@ -52,7 +53,7 @@ class Image:
     def command(self) -> list[str]:
         """The image's start command, with this venv's gunicorn."""
         gunicorn = str(Path(sys.executable).parent / "gunicorn")
-        return [gunicorn, "-c", "python:servicekit.gunicorn_conf", self.app]
+        return [gunicorn, "-c", str(REPO_ROOT / self.config), self.app]
 
     def env(self) -> dict[str, str]:
         """The ENV the image bakes in: its env file, and the code on PYTHONPATH."""
@@ -68,11 +69,13 @@ IMAGES = {
             repository="canarylab/user-management",
             source=("user-management", "common"),
             app="user_management:create_app()",
+            config="user-management/gunicorn.conf.py",
         ),
         Image(
             repository="canarylab/notification-v1",
             source=("notification", "common"),
             app="notification_service:create_app()",
+            config="notification/gunicorn.conf.py",
             env_file="notification-v1/release.env",
             tag_setting="APP_VERSION",
         ),
@@ -80,6 +83,7 @@ IMAGES = {
             repository="canarylab/notification-v2",
             source=("notification", "common"),
             app="notification_service:create_app()",
+            config="notification/gunicorn.conf.py",
             env_file="notification-v2/release.env",
             tag_setting="APP_VERSION",
         ),
