@@ -27,11 +27,12 @@ import random
 import time
 from contextlib import contextmanager, nullcontext
 
-from aws_xray_sdk.core import AWSXRayRecorder
+from aws_xray_sdk.core import AWSXRayRecorder, xray_recorder
 from aws_xray_sdk.core.context import Context
 from aws_xray_sdk.core.emitters.udp_emitter import PROTOCOL_DELIMITER, PROTOCOL_HEADER, UDPEmitter
 from aws_xray_sdk.core.models import http
 from aws_xray_sdk.core.models.trace_header import TraceHeader
+from aws_xray_sdk.core.sampling.local.sampler import LocalSampler
 from aws_xray_sdk.core.utils import stacktrace
 from flask import Flask, current_app, g, has_request_context, request
 
@@ -68,23 +69,30 @@ class _QuietEmitter(UDPEmitter):
 
 
 @functools.cache
-def _recorder_for(daemon_address: str, context_missing: str) -> AWSXRayRecorder:
-    """One recorder (and so one UDP socket) per daemon address per process.
+def _emitter_for(daemon_address: str) -> _QuietEmitter:
+    """One UDP socket per daemon address per process, however many apps it builds."""
+    return _QuietEmitter(daemon_address)
 
-    The recorder keeps the current segment per thread, so apps in one process can
-    share it; the segment name and sampling decision are ours on every request.
+
+def _configure_recorder(daemon_address: str, context_missing: str) -> AWSXRayRecorder:
+    """The SDK's process-wide recorder, set up for canarylab.
+
+    One per process, as the SDK intends: it keeps the current segment per thread,
+    and building another would cost ~0.2 s and two botocore clients for X-Ray's
+    sampling API, which canarylab never calls (the sampling decision is ours).
     """
-    recorder = AWSXRayRecorder()
-    # The recorder opens a UDP socket for its default emitter, replaced just below.
-    recorder.emitter._socket.close()
-    recorder.configure(
-        sampling=False,  # trace every segment we begin as sampled: the decision is ours
+    replaced = xray_recorder.emitter
+    xray_recorder.configure(
+        sampling=False,  # trace every segment we begin as sampled
+        sampler=LocalSampler(),  # never consulted; the default one builds botocore clients
         plugins=(),
         context=Context(context_missing=context_missing),
-        emitter=_QuietEmitter(daemon_address),
+        emitter=_emitter_for(daemon_address),
         stream_sql=False,  # SQL subsegments carry the statement, never its parameters
     )
-    return recorder
+    if not isinstance(replaced, _QuietEmitter):
+        replaced._socket.close()  # the SDK's default emitter has no close() of its own
+    return xray_recorder
 
 
 class Tracer:
@@ -96,8 +104,8 @@ class Tracer:
         self.untraced_paths = untraced_paths
         self.sampling_rate = float(config["XRAY_SAMPLING_RATE"])
         self.annotations = annotations
-        self.recorder = _recorder_for(config["AWS_XRAY_DAEMON_ADDRESS"],
-                                      config["AWS_XRAY_CONTEXT_MISSING"])
+        self.recorder = _configure_recorder(config["AWS_XRAY_DAEMON_ADDRESS"],
+                                            config["AWS_XRAY_CONTEXT_MISSING"])
 
     # -- incoming requests ---------------------------------------------------
 
