@@ -333,8 +333,7 @@ class _Pipe:
         self.buffer = connection.proxy._buffer
         self.src, self.dst = src, dst
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
-        self.pending = b""  # what dst could not take yet
-        self.eof = False
+        self.pending = b""  # what dst could not take yet; src is not read meanwhile
 
     def start(self, read_now: bool = False) -> None:
         self.loop.add_reader(self.src_fd, self._readable)
@@ -376,16 +375,11 @@ class _Pipe:
         if self.pending:
             return
         self.loop.remove_writer(self.dst_fd)
-        if self.eof:
-            self.connection.direction_done(self)
-        else:
-            self.loop.add_reader(self.src_fd, self._readable)
+        self.loop.add_reader(self.src_fd, self._readable)
 
     def _src_finished(self) -> None:
         self.loop.remove_reader(self.src_fd)
-        self.eof = True
-        if not self.pending:
-            self.connection.direction_done(self)
+        self.connection.direction_done(self)
 
 
 def _family(host: str) -> socket.AddressFamily:

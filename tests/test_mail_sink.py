@@ -107,3 +107,12 @@ def test_message_bodies_stay_out_of_the_logs(caplog):
         client.send_message(welcome_mail())
 
     assert "account is ready" not in caplog.text
+
+
+def test_stopping_ends_open_sessions():
+    with MailSink.run_in_thread(HOST, 0) as sink:
+        client = smtp_client(sink)
+        client.ehlo()
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        client.noop()
+    client.close()
