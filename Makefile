@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint lock demo bench bench-chain wrk clean
+.PHONY: install test test-all lint lock demo bench bench-chain bench-client bench-proxy wrk clean
 
 install: $(STAMP)
 
@@ -35,11 +35,18 @@ lock: install
 demo: install
 	$(BIN)/canarylab demo
 
-# Benchmarks need wrk (Debian's package; installed here when missing and root).
-bench: bench-chain
+# Benchmarks (bench/README.md). They need wrk: Debian's package, installed here
+# when missing (as root).
+bench: bench-chain bench-client bench-proxy
 
 bench-chain: install wrk
 	$(BIN)/python bench/chain_bench.py
+
+bench-client: install
+	$(BIN)/python bench/client_cost.py
+
+bench-proxy: install wrk
+	$(BIN)/python bench/proxy_bench.py --app notification
 
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
