@@ -71,21 +71,17 @@ IMAGES = {
             app="user_management:create_app()",
             config="user-management/gunicorn.conf.py",
         ),
-        Image(
-            repository="canarylab/notification-v1",
-            source=("notification", "common"),
-            app="notification_service:create_app()",
-            config="notification/gunicorn.conf.py",
-            env_file="notification-v1/release.env",
-            tag_setting="APP_VERSION",
-        ),
-        Image(
-            repository="canarylab/notification-v2",
-            source=("notification", "common"),
-            app="notification_service:create_app()",
-            config="notification/gunicorn.conf.py",
-            env_file="notification-v2/release.env",
-            tag_setting="APP_VERSION",
+        *(
+            Image(
+                repository=f"canarylab/notification-{version}",
+                source=("notification", "common"),
+                app="notification_service:create_app()",
+                config="notification/gunicorn.conf.py",
+                env_file=f"notification-{version}/release.env",
+                tag_setting="APP_VERSION",
+            )
+            # One codebase: the versions differ only by the release file baked in.
+            for version in ("v1", "v2")
         ),
     )
 }

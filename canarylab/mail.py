@@ -24,7 +24,6 @@ quietened unless someone set its level on purpose).
 
 import asyncio
 import collections
-import contextlib
 import email
 import email.policy
 import hmac
@@ -42,7 +41,7 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from canarylab.proxy import serve_in_thread
+from canarylab.background import ThreadRunnable
 
 # What the server calls itself in its greeting. Given explicitly because
 # aiosmtpd would otherwise look up the machine's FQDN, on every connection.
@@ -67,7 +66,7 @@ class ReceivedMessage:
         return email.message_from_bytes(self.raw, policy=email.policy.default)
 
 
-class MailSink:
+class MailSink(ThreadRunnable):
     """An SMTP server on ``(host, port)`` keeping the last ``max_messages`` messages.
 
     ``port=0`` binds an ephemeral port; `address` tells which one after `start`.
@@ -89,20 +88,6 @@ class MailSink:
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self._tls_context: ssl.SSLContext | None = None
         self._cert_dir: str | None = None
-
-    @classmethod
-    def run_in_thread(cls, host: str = "127.0.0.1", port: int = 0,
-                      **options) -> contextlib.AbstractContextManager["MailSink"]:
-        """``with MailSink.run_in_thread("127.0.0.1", 0) as sink:``
-
-        Listening when the block starts, stopped when it ends; see
-        `canarylab.proxy.serve_in_thread`.
-        """
-        return serve_in_thread(cls(host, port, **options))
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.host, self.port
 
     @property
     def messages(self) -> list[ReceivedMessage]:

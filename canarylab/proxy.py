@@ -38,15 +38,15 @@ run on anyway).
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import errno
 import logging
 import random
 import socket
 import struct
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+
+from canarylab.background import serve_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class ServiceProxy:
         """``with ServiceProxy.run_in_thread("127.0.0.1", 0, pods) as proxy:``
 
         The proxy runs on an event loop of its own in a background thread; see
-        `serve_in_thread`.
+        `canarylab.background.serve_in_thread`.
         """
         return serve_in_thread(cls(host, port, endpoints, **options))
 
@@ -397,47 +397,3 @@ def _close(loop: asyncio.AbstractEventLoop, sock: socket.socket, reset: bool = F
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
     sock.close()
-
-
-# -- running a component on a loop of its own (tests, scripts) -------------------
-
-@contextlib.contextmanager
-def serve_in_thread(component, timeout: float = 10.0) -> Iterator:
-    """Run ``component`` (anything with async start() and stop()) in a thread.
-
-    The thread has an event loop of its own. Entering returns only once
-    ``start()`` has finished, so the component is bound and listening, and it
-    re-raises whatever ``start()`` raised; leaving runs ``stop()`` and joins the
-    thread. This is what pytest fixtures use, e.g.
-    ``with MailSink.run_in_thread("127.0.0.1", 0) as sink: ...``.
-    """
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=_run_loop, args=(loop,), daemon=True,
-                              name=f"canarylab-{type(component).__name__}")
-    thread.start()
-    try:
-        _call_in_loop(loop, component.start(), timeout)
-        try:
-            yield component
-        finally:
-            _call_in_loop(loop, component.stop(), timeout)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-        loop.close()
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    asyncio.set_event_loop(loop)
-    loop.run_forever()
-    # Threads that asyncio.to_thread() started (MailSink's certificate) end here.
-    loop.run_until_complete(loop.shutdown_default_executor())
-
-
-def _call_in_loop(loop: asyncio.AbstractEventLoop, coro, timeout: float):
-    future = asyncio.run_coroutine_threadsafe(coro, loop)
-    try:
-        return future.result(timeout)
-    except concurrent.futures.TimeoutError:
-        future.cancel()
-        raise

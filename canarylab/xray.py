@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from canarylab.proxy import serve_in_thread
+from canarylab.background import ThreadRunnable
 
 Segment = dict  # one segment or subsegment document, as the SDK serialized it
 
@@ -75,7 +75,7 @@ def _is_document(document) -> bool:
             and isinstance(document.get("start_time"), int | float))
 
 
-class XRayCollector(asyncio.DatagramProtocol):
+class XRayCollector(ThreadRunnable, asyncio.DatagramProtocol):
     """The UDP listener: keeps the last ``max_segments`` documents received.
 
     ``port=0`` binds an ephemeral port; `address` tells which one after `start`.
@@ -93,20 +93,6 @@ class XRayCollector(asyncio.DatagramProtocol):
         self._segments: collections.deque[Segment] = collections.deque(maxlen=max_segments)
         self._changed = threading.Condition()
         self._transport: asyncio.DatagramTransport | None = None
-
-    @classmethod
-    def run_in_thread(cls, host: str = "127.0.0.1", port: int = 0,
-                      **options) -> contextlib.AbstractContextManager["XRayCollector"]:
-        """``with XRayCollector.run_in_thread("127.0.0.1", 0) as collector:``
-
-        Listening when the block starts, stopped when it ends; see
-        `canarylab.proxy.serve_in_thread`.
-        """
-        return serve_in_thread(cls(host, port, **options))
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.host, self.port
 
     @property
     def daemon_address(self) -> str:

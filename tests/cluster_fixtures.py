@@ -94,15 +94,6 @@ class LocalCluster:
         self.run("down", timeout=60)
 
 
-def alive(pid: int) -> bool:
-    """Whether a process runs; a zombie (exited, not yet reaped) does not."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def environ(pid: int) -> dict[str, str]:
     """The environment a process was started with."""
     raw = Path(f"/proc/{pid}/environ").read_bytes().decode()

@@ -21,7 +21,6 @@ import pytest
 from cluster_fixtures import (
     OVERLAYS,
     LocalCluster,
-    alive,
     environ,
     get,
     get_many,
@@ -31,6 +30,7 @@ from cluster_fixtures import (
     wait_for,
 )
 
+from canarylab.cluster import pid_alive
 from canarylab.stats import binomial_p_value
 
 NOTIFICATION = "notification-clusterip-service"
@@ -217,6 +217,6 @@ def test_down_leaves_no_process(cluster):
     output = cluster.ok("down")
     assert "no process left" in output
     assert cluster.processes() == []
-    assert not any(alive(pid) for pid in pids)
+    assert not any(pid_alive(pid) for pid in pids)
     again = cluster.run("down")
     assert again.returncode == 0 and "no local cluster is running" in again.stdout

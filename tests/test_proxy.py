@@ -12,7 +12,8 @@ import socket
 
 import pytest
 
-from canarylab.proxy import ServiceProxy, serve_in_thread
+from canarylab.background import serve_in_thread
+from canarylab.proxy import ServiceProxy
 
 HOST = "127.0.0.1"
 TIMEOUT = 5.0
