@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import time
-from fractions import Fraction
 from ipaddress import ip_address, ip_network
 
 import pytest
@@ -31,7 +30,7 @@ from cluster_fixtures import (
 )
 
 from canarylab.cluster import pid_alive
-from canarylab.stats import binomial_p_value
+from loadtest.verifier import Expectation, srm_test
 
 NOTIFICATION = "notification-clusterip-service"
 USERMGMT = "usermgmt-restapp-service"
@@ -123,8 +122,8 @@ def test_service_split_matches_the_replica_ratio(cluster):
     versions = collections.Counter(headers["X-Service-Version"] for _, headers in answers)
     pods = collections.Counter(headers["X-Pod-Name"] for _, headers in answers)
     # 1 v2 pod of 4: each new connection picks v2 with probability 1/4.
-    p_value = binomial_p_value(versions["v2"], len(answers), Fraction(1, 4))
-    assert p_value > 0.001, f"{versions} of {len(answers)}: p = {p_value:.2g}"
+    srm = srm_test(versions, Expectation.from_replicas({"v1": 3, "v2": 1}))
+    assert not srm.mismatch, f"{versions} of {len(answers)}: p = {srm.p_value:.2g}"
     assert len(pods) == 4  # every pod took its share
 
 
