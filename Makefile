@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint lock demo bench bench-chain bench-client bench-proxy wrk clean
+.PHONY: install test test-all lint lock demo bench bench-chain bench-client bench-proxy bench-sequential wrk clean
 
 install: $(STAMP)
 
@@ -37,7 +37,7 @@ demo: install
 
 # Benchmarks (bench/README.md). They need wrk: Debian's package, installed here
 # when missing (as root).
-bench: bench-chain bench-client bench-proxy
+bench: bench-chain bench-client bench-proxy bench-sequential
 
 bench-chain: install wrk
 	$(BIN)/python bench/chain_bench.py
@@ -47,6 +47,9 @@ bench-client: install
 
 bench-proxy: install wrk
 	$(BIN)/python bench/proxy_bench.py --app notification
+
+bench-sequential: install
+	$(BIN)/python bench/sequential_bench.py
 
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
