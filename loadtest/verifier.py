@@ -562,8 +562,23 @@ def check_stickiness(windows: Sequence[Mapping[str, int]], canary: str = "v2",
 # --------------------------------------------------------------------------- the verdict
 
 
+class _Outcome:
+    """What a verdict and a sequential look share: a status, its exit code, JSON."""
+
+    status: str
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["exit_code"] = self.exit_code
+        return _plain(data)
+
+
 @dataclass
-class Verdict:
+class Verdict(_Outcome):
     """What ``verify`` found. ``to_dict()`` is JSON-ready; ``render`` makes it a table."""
 
     status: str  # "verified" | "mismatch" | "inconclusive"
@@ -590,14 +605,6 @@ class Verdict:
     reasons: list[str]
     warnings: list[str]
 
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self.status]
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["exit_code"] = self.exit_code
-        return _plain(data)
 
 
 def _plain(value):
@@ -925,7 +932,7 @@ def confidence_sequence(canary: int, n: int, share: float, margin: float = MARGI
 
 
 @dataclass
-class SequentialLook:
+class SequentialLook(_Outcome):
     """The state of a sequential check after one look."""
 
     status: str  # "verified" | "mismatch" | "inconclusive" (keep going)
@@ -937,14 +944,6 @@ class SequentialLook:
     planned_n: int  # the fixed plan, for scale
     reasons: list[str]
 
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self.status]
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["exit_code"] = self.exit_code
-        return _plain(data)
 
 
 class SequentialVerifier:

@@ -48,6 +48,16 @@ def new_user(name: str, **changes) -> dict:
     return user
 
 
+def assert_database_down(client) -> None:
+    """user-management without its database: unhealthy, and 503 (never 500) for users."""
+    health = client.get("/usermgmt/health-status")
+    assert health.status_code == 503
+    assert health.get_json()["status"] == "DOWN"
+    created = client.post("/usermgmt/user", json=new_user("ada"))
+    assert created.status_code == 503
+    assert created.get_json()["error"]["code"] == "database_unavailable"
+
+
 # -- in-process apps ---------------------------------------------------------------
 
 

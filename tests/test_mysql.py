@@ -10,7 +10,7 @@ import uuid
 
 import pymysql
 import pytest
-from conftest import STRONG_PASSWORD, free_port, new_user
+from conftest import STRONG_PASSWORD, assert_database_down, free_port, new_user
 
 pytestmark = pytest.mark.mysql
 
@@ -78,12 +78,7 @@ def test_mysql_down_is_503_not_500(mysql_database):
     # Port 1 on loopback: connection refused at once, as when the server is stopped.
     client = mysql_app(mysql_database, DB_PORT=1).test_client()
 
-    health = client.get("/usermgmt/health-status")
-    assert health.status_code == 503
-    assert health.get_json()["status"] == "DOWN"
-    created = client.post("/usermgmt/user", json=new_user("ada"))
-    assert created.status_code == 503
-    assert created.get_json()["error"]["code"] == "database_unavailable"
+    assert_database_down(client)
     assert client.get("/usermgmt/users").status_code == 503
 
 

@@ -8,7 +8,7 @@ import json
 
 import bcrypt
 import pytest
-from conftest import STRONG_PASSWORD, new_user
+from conftest import STRONG_PASSWORD, assert_database_down, new_user
 
 
 def test_create_user_answers_201_with_location_and_no_password(usermgmt):
@@ -199,14 +199,7 @@ def test_health_is_503_when_the_database_is_down(tmp_path):
 
     # A database file inside a path that cannot exist: every connection fails.
     app = create_app({"SQLITE_PATH": str(tmp_path / "missing-dir" / "users.db")})
-    client = app.test_client()
-
-    response = client.get("/usermgmt/health-status")
-    assert response.status_code == 503
-    assert response.get_json()["status"] == "DOWN"
-    created = client.post("/usermgmt/user", json=new_user("ada"))
-    assert created.status_code == 503
-    assert created.get_json()["error"]["code"] == "database_unavailable"
+    assert_database_down(app.test_client())
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,296 @@
+"""Drive canarylab through user-management and check the v1/v2 split that comes back.
+
+    locust -f loadtest/locustfile.py --headless --host http://127.0.0.1:8095 \\
+        -u 8 -r 8 -t 20s --expect 75/25 --report-dir reports/locust
+
+Or just `locust --config loadtest/locust.conf`. What it does:
+
+- ``CanaryUser`` sends a realistic mix: mostly the canary endpoint
+  (GET /usermgmt/notification-xray), plus the user CRUD calls and the other two
+  notification endpoints. Each user deletes the users it created when it stops.
+- Every response that reached notification names who answered it
+  (X-Notification-Version / X-Notification-Pod). The stats entry is renamed per
+  version, "/usermgmt/notification-xray [v2]", so the stats table and the CSV show
+  one row per version per endpoint, and that survives distributed runs because
+  Locust merges stats by name.
+- The canary endpoint's answers are also counted per version, per pod and per
+  2-second window (``SplitCounts``). In a distributed run each worker sends its
+  counts to the master with its regular stats report; the master adds them up.
+- When Locust quits, the master (or the single process of a local run) hands the
+  counts to ``loadtest.verifier.verify``, prints the verdict, writes verdict.json
+  into ``--report-dir`` and sets the exit code: 0 verified, 1 mismatch or an
+  unhealthy canary endpoint, 2 inconclusive (too few answers to tell).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import random
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import gevent
+from locust import FastHttpUser, between, events, tag, task
+from locust.runners import WorkerRunner
+from locust.stats import CSV_STATS_INTERVAL_SEC
+
+from loadtest.verifier import Expectation, render, verify
+
+log = logging.getLogger("canarylab.locust")
+
+CANARY_PATH = "/usermgmt/notification-xray"
+WINDOW_SECONDS = 2  # per-window counts feed the verifier's stickiness check
+MAX_ERROR_RATE = 0.01  # more failed canary-endpoint calls than this fails the run
+NO_VERSION = "no version"  # the stats label of an answer that names no version
+REPORT_KEY = "canarylab_split"  # our key in the worker -> master stats message
+
+
+class SplitCounts:
+    """Canary-endpoint answers per version, per pod and per time window, in one process.
+
+    Windows are keyed by wall-clock time (``int(time.time()) // WINDOW_SECONDS``),
+    not by the start of the run, so the windows of different workers line up and
+    the master can add them without knowing when each worker started.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.versions: Counter[str] = Counter()
+        self.pods: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.windows: defaultdict[int, Counter[str]] = defaultdict(Counter)
+        self.requests = 0  # every canary-endpoint call, answered by a version or not
+        self.failures = 0
+
+    def count(self, version: str | None, pod: str | None, failed: bool) -> None:
+        self.requests += 1
+        self.failures += failed
+        if version:
+            self.versions[version] += 1
+            self.pods[version][pod or "unknown"] += 1
+            self.windows[int(time.time()) // WINDOW_SECONDS][version] += 1
+
+    def to_message(self) -> dict:
+        """Plain dicts with string keys: what Locust's msgpack transport can carry."""
+        return {"versions": dict(self.versions),
+                "pods": {version: dict(pods) for version, pods in self.pods.items()},
+                "windows": {str(window): dict(c) for window, c in self.windows.items()},
+                "requests": self.requests, "failures": self.failures}
+
+    def merge(self, message: dict) -> None:
+        self.versions.update(message["versions"])
+        for version, pods in message["pods"].items():
+            self.pods[version].update(pods)
+        for window, counts in message["windows"].items():
+            self.windows[int(window)].update(counts)
+        self.requests += message["requests"]
+        self.failures += message["failures"]
+
+
+# One per process: a worker's users count into it, the master adds up the workers'.
+split = SplitCounts()
+
+
+def _attribute(response, endpoint: str) -> tuple[str | None, str | None]:
+    """Rename the stats entry after the version that answered; return (version, pod).
+
+    Only for calls that reach notification: user-management relays who answered as
+    X-Notification-Version / X-Notification-Pod.
+    """
+    headers = response.headers or {}  # None when the connection itself failed
+    version, pod = headers.get("X-Notification-Version"), headers.get("X-Notification-Pod")
+    response.request_meta["name"] = f"{endpoint} [{version or NO_VERSION}]"
+    return version, pod
+
+
+class CanaryUser(FastHttpUser):
+    """One person using the app; most of what they do goes through the canary endpoint.
+
+    FastHttpUser keeps its connection to user-management alive, which is fine: the
+    split is decided one hop further, where user-management opens a new connection
+    to the notification Service for every call (README, "Why user-management opens
+    a NEW connection").
+    """
+
+    wait_time = between(0.05, 0.2)
+
+    def on_start(self) -> None:
+        # A random prefix per user: names stay unique across users, workers and runs.
+        self.prefix = f"lt-{uuid.uuid4().hex[:8]}"
+        self.serial = itertools.count()
+        self.created: list[str] = []
+
+    def on_stop(self) -> None:
+        # Leave the database as we found it: delete every user this user created.
+        for username in self.created:
+            self.client.delete(f"/usermgmt/user/{username}", name="/usermgmt/user/[username]")
+        self.created.clear()
+
+    # Tags pick a part of the mix: `--tags canary` sends only the canary endpoint (the
+    # fastest way to enough answers for a verdict), `--exclude-tags users` skips the
+    # user calls, whose bcrypt hashing makes them the slowest calls here.
+    @tag("canary")
+    @task(10)
+    def canary(self) -> None:
+        with self.client.get(CANARY_PATH, catch_response=True) as response:
+            version, pod = _attribute(response, CANARY_PATH)
+            if not version:
+                response.failure(f"no X-Notification-Version (HTTP {response.status_code})")
+            failed = not version or not 200 <= response.status_code < 300
+            split.count(version, pod, failed)
+
+    @tag("notification")
+    @task(1)
+    def service_info(self) -> None:
+        self._notification_get("/usermgmt/notification-service-info")
+
+    @tag("notification")
+    @task(1)
+    def notification_health(self) -> None:
+        self._notification_get("/usermgmt/notification-health-status")
+
+    @tag("users")
+    @task(1)
+    def create_user(self) -> None:
+        username = f"{self.prefix}-{next(self.serial)}"
+        body = {"username": username, "email": f"{username}@example.com",
+                "password": "Pass@1234", "firstname": "Load", "lastname": "Test",
+                "role": "ROLE_USER", "enabled": True}
+        with self.client.post("/usermgmt/user", json=body, catch_response=True) as response:
+            _attribute(response, "/usermgmt/user")
+            if response.status_code == 201:
+                self.created.append(username)
+
+    @tag("users")
+    @task(2)
+    def read_user(self) -> None:
+        if self.created:
+            self.client.get(f"/usermgmt/user/{random.choice(self.created)}",
+                            name="/usermgmt/user/[username]")
+
+    @tag("users")
+    @task(1)
+    def list_users(self) -> None:
+        self.client.get("/usermgmt/users")
+
+    @tag("users")
+    @task(1)
+    def update_user(self) -> None:
+        # No new password: bcrypt would make this the slowest call of all.
+        if self.created:
+            self.client.put("/usermgmt/user", json={"username": random.choice(self.created),
+                                                    "lastname": "Updated"})
+
+    @tag("users")
+    @task(1)
+    def delete_user(self) -> None:
+        if len(self.created) > 2:  # keep a few around to read and update
+            username = self.created.pop(0)
+            self.client.delete(f"/usermgmt/user/{username}", name="/usermgmt/user/[username]")
+
+    def _notification_get(self, path: str) -> None:
+        with self.client.get(path, catch_response=True) as response:
+            _attribute(response, path)
+
+
+# --------------------------------------------------------------------------- options
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser) -> None:
+    parser.add_argument("--expect", type=str, default=os.environ.get("CANARYLAB_EXPECT", "75/25"),
+                        help="declared split v1/v2, like 75/25 (default: $CANARYLAB_EXPECT, "
+                             "else 75/25)")
+    parser.add_argument("--margin", type=float, default=5.0,
+                        help="equivalence margin in percentage points (default 5)")
+    parser.add_argument("--report-dir", type=str, default="",
+                        help="write verdict.json into this directory")
+
+
+@events.init.add_listener
+def _check_options(environment, **_) -> None:
+    # Fail at the start, not after a whole run, when the expected split is unreadable.
+    options = environment.parsed_options
+    if options is None or isinstance(environment.runner, WorkerRunner):
+        return
+    try:
+        Expectation.parse(options.expect)
+        if not 0 < options.margin < 100:
+            raise ValueError(f"--margin {options.margin:g} must be between 0 and 100 points")
+    except ValueError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+# --------------------------------------------------------------------------- distributed runs
+
+
+@events.report_to_master.add_listener
+def _send_counts(client_id, data, **_) -> None:
+    # Like Locust's own stats: send what was counted since the last report, then
+    # start again from zero, so the master can simply add every report up.
+    data[REPORT_KEY] = split.to_message()
+    split.reset()
+
+
+@events.worker_report.add_listener
+def _receive_counts(client_id, data, **_) -> None:
+    if REPORT_KEY in data:
+        split.merge(data[REPORT_KEY])
+
+
+@events.reset_stats.add_listener
+def _reset_counts(**_) -> None:
+    split.reset()
+
+
+# --------------------------------------------------------------------------- the verdict
+
+
+@events.quitting.add_listener
+def _verdict(environment, **_) -> None:
+    """Verify the split on the process that holds all the counts: the master, or a local run.
+
+    ``quitting`` rather than ``test_stop``: on a master the workers' last reports
+    (sent when they quit) arrive after ``test_stop``.
+    """
+    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+        return
+    options = environment.parsed_options
+    expectation = Expectation.parse(options.expect, source="--expect")
+    windows = [dict(split.windows[w]) for w in sorted(split.windows)]
+    verdict = verify(dict(split.versions), expectation, margin=options.margin / 100,
+                     pods={v: dict(p) for v, p in split.pods.items()}, windows=windows)
+    error_rate = split.failures / split.requests if split.requests else 0.0
+    healthy = error_rate <= MAX_ERROR_RATE
+    exit_code = verdict.exit_code if healthy else 1
+
+    print(render(verdict))
+    print(f"\ncanary endpoint: {split.requests} calls, {split.failures} failed "
+          f"({100 * error_rate:.2f}%, limit {100 * MAX_ERROR_RATE:g}%): "
+          f"{'healthy' if healthy else 'UNHEALTHY'}; exit code {exit_code}")
+    if options.report_dir:
+        report = {**verdict.to_dict(),
+                  "health": {"requests": split.requests, "failures": split.failures,
+                             "error_rate": error_rate, "max_error_rate": MAX_ERROR_RATE,
+                             "healthy": healthy},
+                  "window_seconds": WINDOW_SECONDS, "windows": windows,
+                  "process_exit_code": exit_code}
+        path = Path(options.report_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "verdict.json").write_text(json.dumps(report, indent=2) + "\n")
+    environment.process_exit_code = exit_code
+
+    if options.csv_prefix:
+        # Locust's CSV writer rewrites the files once a second and does not write again
+        # when it closes them; give it one more pass so that the CSV and verdict.json
+        # describe the same requests (a master's last worker reports arrive late).
+        gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.2)
+
