@@ -7,6 +7,8 @@
     canarylab traces [--json]       the service map from the collected X-Ray segments
     canarylab mail [--json]         the mails the local SMTP server received
     canarylab demo [OVERLAY]        up, traffic, observed vs declared split, traces, down
+    canarylab plan --expect 75/25   requests a split check needs
+    canarylab verify                the Locust suite against the cluster: verdict as exit code
     canarylab listen                SMTP and X-Ray stand-ins in the foreground (services by hand)
     canarylab down                  stop everything `up` started
 
@@ -594,6 +596,31 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--reports", default="reports", help="where the report folder goes")
     demo.add_argument("--keep", action="store_true", help="leave the cluster running")
     demo.set_defaults(run=demo_command)
+
+    plan = commands.add_parser("plan", help="requests a split check needs (fixed-n plan)")
+    plan.add_argument("--expect", required=True, help="declared split v1/v2, like 75/25")
+    plan.add_argument("--margin", type=float, default=5.0,
+                      help="equivalence margin in percentage points (default 5)")
+    plan.add_argument("--power", type=float, default=0.9,
+                      help="chance that a correct split verifies (default 0.9, what verify uses)")
+    plan.set_defaults(run=plan_command)
+
+    verify = commands.add_parser(
+        "verify", help="run the Locust suite headless; exit 0 verified, 1 mismatch, 2 inconclusive")
+    verify.add_argument("--expect", default="auto",
+                        help="declared split v1/v2, like 75/25; auto (default): the local "
+                             "cluster's notification-v1/v2 replica counts")
+    verify.add_argument("--margin", type=float, default=5.0,
+                        help="equivalence margin in percentage points (default 5)")
+    verify.add_argument("--users", type=int, default=32, help="Locust users (default 32)")
+    verify.add_argument("--max-requests", type=int, default=None,
+                        help="stop after this many canary calls (default 1.3x the plan; "
+                             "0: only --seconds stops the run)")
+    verify.add_argument("--seconds", type=float, default=30.0,
+                        help="stop after this long, whatever the count (default 30)")
+    verify.add_argument("--host", help="user-management's base URL (default: the local cluster's)")
+    verify.add_argument("--reports", default="reports", help="where the report folder goes")
+    verify.set_defaults(run=verify_command)
     return top
 
 
@@ -607,6 +634,18 @@ def demo_command(args: argparse.Namespace) -> int:
     from canarylab.demo import cmd_demo
 
     return cmd_demo(args)
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    from canarylab.verify import cmd_plan
+
+    return cmd_plan(args)
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    from canarylab.verify import cmd_verify
+
+    return cmd_verify(args)
 
 
 def main(argv: list[str] | None = None) -> int:

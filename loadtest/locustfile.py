@@ -20,6 +20,10 @@ Or just `locust --config loadtest/locust.conf`. What it does:
   counts to ``loadtest.verifier.verify``, prints the verdict, writes verdict.json
   into ``--report-dir`` and sets the exit code: 0 verified, 1 mismatch or an
   unhealthy canary endpoint, 2 inconclusive (too few answers to tell).
+- ``--replicas 3/1`` declares the pod counts instead of a percentage: the split
+  follows from them, and the per-pod check also notices a pod that never
+  answered. ``--max-requests N`` ends the run after N canary-endpoint calls
+  (``-t`` stays the ceiling), so a run can stop as soon as the plan is reached.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pathlib import Path
 
 import gevent
 from locust import FastHttpUser, between, events, tag, task
-from locust.runners import WorkerRunner
+from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
 from loadtest.verifier import Expectation, render, verify
@@ -161,6 +165,7 @@ class CanaryUser(FastHttpUser):
                 response.failure(f"no X-Notification-Version (HTTP {response.status_code})")
             failed = not version or not 200 <= response.status_code < 300
             split.count(version, pod, failed)
+        _stop_at_limit(self.environment)
 
     @tag("notification")
     @task(1)
@@ -229,21 +234,62 @@ def _add_options(parser) -> None:
                         help="equivalence margin in percentage points (default 5)")
     parser.add_argument("--report-dir", type=str, default="",
                         help="write verdict.json into this directory")
+    parser.add_argument("--replicas", type=str, default="",
+                        help="declared pods v1/v2, like 3/1: the split follows from them "
+                             "(instead of --expect) and a silent pod shows in the per-pod check")
+    parser.add_argument("--max-requests", type=int, default=0,
+                        help="stop after this many canary-endpoint calls (default 0: only -t "
+                             "stops the run)")
 
 
 @events.init.add_listener
 def _check_options(environment, **_) -> None:
     # Fail at the start, not after a whole run, when the expected split is unreadable.
+    global _master
     options = environment.parsed_options
     if options is None or isinstance(environment.runner, WorkerRunner):
         return
+    if isinstance(environment.runner, MasterRunner):
+        _master = environment
     try:
-        Expectation.parse(options.expect)
+        expectation(options)
+        if options.max_requests < 0:
+            raise ValueError(f"--max-requests {options.max_requests} must be 0 (no limit) or more")
         if not 0 < options.margin < 100:
             raise ValueError(f"--margin {options.margin:g} must be between 0 and 100 points")
     except ValueError as exc:
         log.error("%s", exc)
         sys.exit(2)
+
+
+def expectation(options) -> Expectation:
+    """The split to verify: from --replicas when given (it knows the pods), else --expect."""
+    if not options.replicas:
+        return Expectation.parse(options.expect, source="--expect")
+    parts = options.replicas.split("/")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        raise ValueError(f"--replicas {options.replicas!r}: give two pod counts, v1/v2, like 3/1")
+    v1, v2 = (int(part) for part in parts)
+    return Expectation.from_replicas({"v1": v1, "v2": v2},
+                                     source=f"--replicas {v1}/{v2}, v1/v2 pods")
+
+
+_stopping = False
+_master = None  # the master's Environment: worker_report, which feeds it, does not pass it
+
+
+def _stop_at_limit(environment) -> None:
+    """End the run once --max-requests canary calls are counted, in the process that counts
+    them all: a local run's, or the master's (a worker only sees its share)."""
+    global _stopping
+    limit = environment.parsed_options and environment.parsed_options.max_requests
+    if not limit or _stopping or split.requests < limit:
+        return
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    _stopping = True
+    # In a greenlet of its own: quit() stops every user, this caller among them.
+    gevent.spawn(environment.runner.quit)
 
 
 # --------------------------------------------------------------------------- distributed runs
@@ -261,6 +307,8 @@ def _send_counts(client_id, data, **_) -> None:
 def _receive_counts(client_id, data, **_) -> None:
     if REPORT_KEY in data:
         split.merge(data[REPORT_KEY])
+        if _master is not None:  # the master's counts grow here: check the limit here
+            _stop_at_limit(_master)
 
 
 @events.reset_stats.add_listener
@@ -281,9 +329,9 @@ def _verdict(environment, **_) -> None:
     if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
         return
     options = environment.parsed_options
-    expectation = Expectation.parse(options.expect, source="--expect")
+    expected = expectation(options)
     windows = [dict(split.windows[w]) for w in sorted(split.windows)]
-    verdict = verify(dict(split.versions), expectation, margin=options.margin / 100,
+    verdict = verify(dict(split.versions), expected, margin=options.margin / 100,
                      pods={v: dict(p) for v, p in split.pods.items()}, windows=windows)
     error_rate = split.failures / split.requests if split.requests else 0.0
     healthy = error_rate <= MAX_ERROR_RATE

@@ -1,0 +1,88 @@
+"""`canarylab plan` and `canarylab verify`, run as a user runs them, against a real 75-25 cluster.
+
+One local cluster serves the module. `verify` stops at 1.3x the plan by default,
+where a correct split verifies in about 96% of runs: fine for a person, a flaky
+test twice in a file. The runs that must verify send twice the plan (1,634 calls
+for 75/25, power 0.997, about 7 s here); the mismatch run sends fewer, since a 25%
+canary declared 50/50 is caught long before its plan.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from cluster_fixtures import OVERLAYS, LocalCluster
+
+from loadtest.verifier import plan_requests
+
+TWICE_THE_PLAN = ["--max-requests", str(2 * plan_requests(0.25))]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = LocalCluster(tmp_path_factory.mktemp("canarylab-home"))
+    cluster.ok("up", str(OVERLAYS / "75-25"))
+    cluster.host = cluster.status()["usermgmt_url"].removesuffix("/usermgmt")
+    yield cluster
+    cluster.down()
+
+
+def verify(cluster: LocalCluster, reports: Path, *args: str) -> tuple[subprocess.CompletedProcess,
+                                                                      dict | None]:
+    """`canarylab verify ARGS --reports REPORTS`: the result and its verdict.json, if any."""
+    result = cluster.run("verify", "--reports", str(reports), *args, timeout=60)
+    found = sorted(reports.glob("*/verdict.json"))
+    return result, json.loads(found[-1].read_text()) if found else None
+
+
+def test_plan_says_how_many_requests_a_75_25_check_needs(tmp_path):
+    result = LocalCluster(tmp_path).run("plan", "--expect", "75/25")
+    assert result.returncode == 0, result.stderr
+    assert f"{plan_requests(0.25)} requests to tell a 75/25 split from one 5 points off" \
+        in result.stdout
+
+
+def test_plan_refuses_a_split_that_does_not_add_up(tmp_path):
+    result = LocalCluster(tmp_path).run("plan", "--expect", "70/20")
+    assert result.returncode == 2
+    assert "adds up to 90, not 100" in result.stderr
+
+
+def test_verify_reads_the_split_from_the_live_cluster_and_verifies_it(cluster, tmp_path):
+    result, verdict = verify(cluster, tmp_path, *TWICE_THE_PLAN)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "verifying 75/25 (the live cluster's replicas, v1 3 / v2 1)" in result.stdout
+    assert "Split check: VERIFIED (exit 0)" in result.stdout
+    assert verdict["status"] == "verified" and verdict["expected"] == "75/25"
+    assert verdict["n"] >= verdict["planned_n"]
+    # --max-requests stopped it, not the 30 s ceiling (calls in flight may add a few).
+    assert 2 * verdict["planned_n"] <= verdict["health"]["requests"] < 2 * verdict["planned_n"] + 64
+    # The replica counts reached the per-pod check: 3 v1 pods, 1 v2 pod.
+    assert {f["version"]: len(f["pods"]) for f in verdict["pods"]} == {"v1": 3, "v2": 1}
+    assert f"report: {tmp_path}" in result.stdout
+
+
+def test_verify_against_a_wrong_split_is_a_mismatch_that_says_why(cluster, tmp_path):
+    result, verdict = verify(cluster, tmp_path, "--expect", "50/50", "--max-requests", "400")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert verdict["status"] == "mismatch"
+    assert "Split check: MISMATCH (exit 1)" in result.stdout
+    # The verdict's reason, in words: what v2 got, and what 50/50 gives it.
+    assert "where 50/50 (--expect) gives it 50.0%" in result.stdout
+
+
+def test_verify_with_host_checks_that_url_against_the_named_split(cluster, tmp_path):
+    result, verdict = verify(cluster, tmp_path, "--host", cluster.host, "--expect", "75/25",
+                             *TWICE_THE_PLAN)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert verdict["status"] == "verified" and verdict["source"] == "--expect"
+
+
+def test_verify_with_host_needs_a_named_split(cluster, tmp_path):
+    result, verdict = verify(cluster, tmp_path, "--host", cluster.host)
+    assert result.returncode == 2
+    assert "--expect auto reads the split from the LOCAL cluster" in result.stderr
+    assert verdict is None
