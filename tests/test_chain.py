@@ -212,13 +212,35 @@ def test_metrics_add_up_across_gunicorn_workers(start_service):
     assert float(line.rsplit(" ", 1)[1]) == 30
 
 
-def test_keepalive_option_still_answers(start_service, mail_server):
-    notification = start_service("notification", "v1")
-    usermgmt = start_service("user-management", NOTIFICATION_SERVICE_PORT=notification.port,
-                             NOTIFICATION_KEEPALIVE="true")
-    statuses = {requests.get(f"{usermgmt.url}/usermgmt/notification-xray", timeout=10).status_code
-                for _ in range(10)}
-    assert statuses == {200}
+@pytest.mark.parametrize(("keepalive", "versions_seen"), [("false", {"v1", "v2"}),
+                                                            ("true", None)])
+def test_keepalive_pins_a_worker_to_one_pod_behind_a_service(start_service, keepalive,
+                                                             versions_seen):
+    """The reason user-management opens a new connection per call (DESIGN.md).
+
+    v1 and v2 behind one Service proxy that picks a pod per connection, as
+    kube-proxy does; notification runs threaded workers, which keep connections
+    alive. A fresh connection per call reaches both versions; keep-alive sends
+    every call of the (single) user-management worker to the pod its connection
+    first landed on.
+    """
+    from canarylab.proxy import ServiceProxy
+
+    v1 = start_service("notification", "v1", GUNICORN_THREADS=2)
+    v2 = start_service("notification", "v2", GUNICORN_THREADS=2)
+    pods = [("127.0.0.1", v1.port), ("127.0.0.1", v2.port)]
+    with ServiceProxy.run_in_thread("127.0.0.1", 0, pods) as service:
+        usermgmt = start_service("user-management", NOTIFICATION_SERVICE_PORT=service.port,
+                                 NOTIFICATION_KEEPALIVE=keepalive, GUNICORN_WORKERS=1)
+        with requests.Session() as client:
+            answered = {client.get(f"{usermgmt.url}/usermgmt/notification-xray", timeout=10)
+                        .headers["X-Notification-Version"] for _ in range(40)}
+        usermgmt.stop()  # before the proxy goes: its kept-alive connection ends first
+    if versions_seen is None:
+        assert len(answered) == 1, answered  # stuck: 40 calls, one pod
+    else:
+        # 40 fair coin flips all landing on one side: probability 2 * 2^-40.
+        assert answered == versions_seen
 
 
 def test_sigterm_lets_the_request_in_flight_finish(start_service):

@@ -18,6 +18,7 @@ from servicekit.config import load_config
 _settings = load_config({
     "GUNICORN_BIND": "127.0.0.1:8000",
     "GUNICORN_WORKERS": 2,
+    "GUNICORN_THREADS": 1,
     "GUNICORN_TIMEOUT": 30,
     "LOG_LEVEL": "info",
 })
@@ -26,7 +27,11 @@ bind = [_settings["GUNICORN_BIND"]]
 workers = _settings["GUNICORN_WORKERS"]
 # Sync workers: one request at a time per process, the simplest model to reason
 # about; a worker waiting on notification is why user-management runs more of them.
+# They also close every connection after its response, so no client can keep one
+# alive. GUNICORN_THREADS above 1 switches to gthread workers, which do keep
+# connections alive (what it takes to see keep-alive pin a caller to one pod).
 worker_class = "sync"
+threads = _settings["GUNICORN_THREADS"]
 timeout = _settings["GUNICORN_TIMEOUT"]
 # On SIGTERM (what Kubernetes and Docker send) workers finish their request first.
 graceful_timeout = 20
