@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from canarylab import xray
+from loadtest.junit import verdict_junit
 from loadtest.verifier import Expectation, Verdict, render, verify
 
 VERSION_HEADER, POD_HEADER = "X-Notification-Version", "X-Notification-Pod"
@@ -140,6 +141,9 @@ def write_report(directory: Path, verdict: Verdict, tally: Tally, overlay: str,
                   "pods": {version: dict(pods) for version, pods in tally.pods.items()},
                   "failures": dict(tally.failures), "seconds": round(tally.seconds, 3)},
     }, indent=2) + "\n")
+    failed = sum(tally.failures.values())
+    health = (not failed, f"{failed} of {tally.answered + failed} calls failed")
+    (directory / "junit.xml").write_text(verdict_junit(verdict, health))
     (directory / "report.txt").write_text(f"overlay {overlay}\n\n{text}\n\n"
                                           f"X-Ray service map:\n{service_map}\n")
     return directory
@@ -175,7 +179,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"\n{text}\n\nX-Ray service map:\n{service_map}")
         report = write_report(Path(args.reports) / time.strftime("%Y%m%d-%H%M%S"), verdict,
                               tally, args.overlay, service_map, text)
-        print(f"\nreport: {report}/report.txt (and verdict.json)")
+        print(f"\nreport: {report}/report.txt (and verdict.json, junit.xml)")
     finally:
         if not args.keep:
             cli.main(["down"])

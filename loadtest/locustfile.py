@@ -44,6 +44,7 @@ from locust import FastHttpUser, between, events, tag, task
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
+from loadtest.junit import verdict_junit
 from loadtest.verifier import Expectation, render, verify
 
 log = logging.getLogger("canarylab.locust")
@@ -351,6 +352,9 @@ def _verdict(environment, **_) -> None:
         path = Path(options.report_dir)
         path.mkdir(parents=True, exist_ok=True)
         (path / "verdict.json").write_text(json.dumps(report, indent=2) + "\n")
+        health = (healthy, f"{split.failures} of {split.requests} canary calls failed "
+                           f"({100 * error_rate:.2f}%, limit {100 * MAX_ERROR_RATE:g}%)")
+        (path / "junit.xml").write_text(verdict_junit(verdict, health))
     environment.process_exit_code = exit_code
 
     if options.csv_prefix:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from cluster_fixtures import OVERLAYS, LocalCluster, get
@@ -43,6 +44,8 @@ class Run:
         self.output = result.stdout + result.stderr
         verdict = folder / "verdict.json"
         self.verdict = json.loads(verdict.read_text()) if verdict.exists() else None
+        junit = folder / "junit.xml"
+        self.junit = ElementTree.parse(junit).getroot() if junit.exists() else None
         stats = folder / "stats_stats.csv"
         self.rows = []
         if stats.exists():
@@ -79,6 +82,8 @@ def test_a_75_25_cluster_verifies_against_75_25(run_75_25):
     # Every pod of the overlay answered: 3 of v1, 1 of v2.
     assert {f["version"]: len(f["pods"]) for f in verdict["pods"]} == {"v1": 3, "v2": 1}
     assert "Split check: VERIFIED (exit 0)" in run_75_25.output
+    # The same verdict for a CI page: every check a passing JUnit test case.
+    assert run_75_25.junit.get("failures") == "0" and int(run_75_25.junit.get("tests")) >= 5
 
 
 def test_the_stats_csv_has_one_canary_row_per_version(run_75_25):
@@ -96,6 +101,9 @@ def test_a_75_25_cluster_is_a_mismatch_against_50_50(cluster, tmp_path):
     assert run.returncode == 1, run.output[-3000:]
     assert run.verdict["status"] == "mismatch"
     assert run.verdict["expected"] == "50/50"
+    failed = [case.get("name") for case in run.junit.iter("testcase")
+              if case.find("failure") is not None]
+    assert "sample-ratio mismatch" in failed
 
 
 def test_two_worker_processes_count_every_canary_answer_once(cluster, tmp_path):
