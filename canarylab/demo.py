@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from canarylab import xray
 from loadtest.junit import verdict_junit
+from loadtest.report import write_html
 from loadtest.verifier import Expectation, Verdict, render, verify
 
 VERSION_HEADER, POD_HEADER = "X-Notification-Version", "X-Notification-Pod"
@@ -146,6 +147,8 @@ def write_report(directory: Path, verdict: Verdict, tally: Tally, overlay: str,
     (directory / "junit.xml").write_text(verdict_junit(verdict, health))
     (directory / "report.txt").write_text(f"overlay {overlay}\n\n{text}\n\n"
                                           f"X-Ray service map:\n{service_map}\n")
+    write_html(directory / "report.html", verdict.to_dict(),
+               [dict(window) for window in tally.windows], WINDOW_SECONDS)
     return directory
 
 
@@ -179,7 +182,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"\n{text}\n\nX-Ray service map:\n{service_map}")
         report = write_report(Path(args.reports) / time.strftime("%Y%m%d-%H%M%S"), verdict,
                               tally, args.overlay, service_map, text)
-        print(f"\nreport: {report}/report.txt (and verdict.json, junit.xml)")
+        print(f"\nreport: {report}/report.txt (and report.html, verdict.json, junit.xml)")
     finally:
         if not args.keep:
             cli.main(["down"])

@@ -45,6 +45,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
 from loadtest.junit import verdict_junit
+from loadtest.report import write_html
 from loadtest.verifier import Expectation, render, verify
 
 log = logging.getLogger("canarylab.locust")
@@ -355,6 +356,13 @@ def _verdict(environment, **_) -> None:
         health = (healthy, f"{split.failures} of {split.requests} canary calls failed "
                            f"({100 * error_rate:.2f}%, limit {100 * MAX_ERROR_RATE:g}%)")
         (path / "junit.xml").write_text(verdict_junit(verdict, health))
+        latency = {entry.name[len(CANARY_PATH) + 2:-1]:
+                   {f"{100 * q:g}": entry.get_response_time_percentile(q)
+                    for q in (0.5, 0.95, 0.99)}
+                   for entry in environment.stats.entries.values()
+                   if entry.name.startswith(f"{CANARY_PATH} [") and entry.num_requests
+                   and entry.name != f"{CANARY_PATH} [{NO_VERSION}]"}
+        write_html(path / "report.html", verdict.to_dict(), windows, WINDOW_SECONDS, latency)
     environment.process_exit_code = exit_code
 
     if options.csv_prefix:

@@ -605,6 +605,9 @@ class Verdict(_Outcome):
     reasons: list[str]
     warnings: list[str]
 
+    def to_dict(self) -> dict:
+        # The table rows too, so every report shows the tests exactly as `render` does.
+        return {**super().to_dict(), "tests": [list(row) for row in test_rows(self)]}
 
 
 def _plain(value):
@@ -807,7 +810,7 @@ def render(verdict: Verdict) -> str:
                       f"{100 * test.level:g}% interval {_pct(test.interval[0])}-"
                       f"{_pct(test.interval[1])}, margin {_pct(max(test.bounds[0], 0))}-"
                       f"{_pct(min(test.bounds[1], 1))}"]
-    rows = _test_rows(verdict)
+    rows = test_rows(verdict)
     if rows:
         lines += ["", f"{'test':<30}{'statistic':>12}{'p-value':>10}{'threshold':>11}  result"]
         lines += [f"{name:<30}{stat:>12}{p:>10}{limit:>11}  {result}"
@@ -824,7 +827,8 @@ def render(verdict: Verdict) -> str:
     return "\n".join(lines)
 
 
-def _test_rows(verdict: Verdict) -> list[tuple[str, str, str, str, str]]:
+def test_rows(verdict: Verdict) -> list[tuple[str, str, str, str, str]]:
+    """The tests as table rows: (test, statistic, p-value, threshold, result), as text."""
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.3g}"
 

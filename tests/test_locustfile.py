@@ -40,7 +40,7 @@ class Run:
     """One finished `locust` process: its exit code, output, verdict.json and stats CSV."""
 
     def __init__(self, result: subprocess.CompletedProcess, folder: Path, seconds: float):
-        self.returncode, self.seconds = result.returncode, seconds
+        self.returncode, self.seconds, self.folder = result.returncode, seconds, folder
         self.output = result.stdout + result.stderr
         verdict = folder / "verdict.json"
         self.verdict = json.loads(verdict.read_text()) if verdict.exists() else None
@@ -82,6 +82,10 @@ def test_a_75_25_cluster_verifies_against_75_25(run_75_25):
     # Every pod of the overlay answered: 3 of v1, 1 of v2.
     assert {f["version"]: len(f["pods"]) for f in verdict["pods"]} == {"v1": 3, "v2": 1}
     assert "Split check: VERIFIED (exit 0)" in run_75_25.output
+    # The HTML report: the share over time, the pods, and latency per version from
+    # Locust's own per-version stats rows.
+    report = run_75_25.folder.joinpath("report.html").read_text()
+    assert report.count("<svg") == 3 and "VERIFIED" in report
     # The same verdict for a CI page: every check a passing JUnit test case.
     assert run_75_25.junit.get("failures") == "0" and int(run_75_25.junit.get("tests")) >= 5
 
