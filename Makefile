@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint lock demo bench bench-chain bench-client bench-proxy bench-sequential wrk clean
+.PHONY: install test test-all lint lock demo bench bench-chain bench-client bench-proxy bench-sequential bench-locust wrk clean
 
 install: $(STAMP)
 
@@ -37,7 +37,7 @@ demo: install
 
 # Benchmarks (bench/README.md). They need wrk: Debian's package, installed here
 # when missing (as root).
-bench: bench-chain bench-client bench-proxy bench-sequential
+bench: bench-chain bench-client bench-proxy bench-sequential bench-locust
 
 bench-chain: install wrk
 	$(BIN)/python bench/chain_bench.py
@@ -50,6 +50,9 @@ bench-proxy: install wrk
 
 bench-sequential: install
 	$(BIN)/python bench/sequential_bench.py
+
+bench-locust: install
+	$(BIN)/python bench/locust_cost.py
 
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
