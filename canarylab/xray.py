@@ -123,10 +123,6 @@ class XRayCollector(ThreadRunnable, asyncio.DatagramProtocol):
                                    f"after {timeout} s")
             return list(self._segments)
 
-    def save(self, path: str | Path) -> None:
-        """Write the segments kept to ``path`` as JSON lines (see `write_segments`)."""
-        write_segments(path, self.segments)
-
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(

@@ -108,7 +108,7 @@ def pods_of(status: dict, deployment: str) -> list[dict]:
     return [p for p in status["pods"] if p["deployment"] == deployment]
 
 
-def wait_for(condition, timeout: float, interval: float = 0.05):
+def wait_for(condition, timeout: float = 5.0, interval: float = 0.05, what: str | None = None):
     """Poll until ``condition()`` returns something truthy; return it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,7 +116,8 @@ def wait_for(condition, timeout: float, interval: float = 0.05):
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"not true within {timeout} s: {condition.__doc__ or condition}")
+    raise AssertionError(f"not true within {timeout} s: "
+                         f"{what or condition.__doc__ or condition}")
 
 
 def get(address: str, path: str, timeout: float = 5) -> tuple[int, dict[str, str], bytes]:

@@ -6,7 +6,6 @@ starts real gunicorn processes, each on its own free port of 127.0.0.1.
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from cluster_fixtures import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 STRONG_PASSWORD = "Pass@1234-Secret"
 NO_DAEMON = "127.0.0.1:9"  # the discard port: segments sent there go nowhere
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def release_env(version: str) -> dict[str, str]:

@@ -11,19 +11,10 @@ import time
 
 import pytest
 import requests
+from cluster_fixtures import wait_for
 from conftest import STRONG_PASSWORD, new_user
 
 TRACE = "X-Amzn-Trace-Id"
-
-
-def wait_for(condition, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -196,7 +196,7 @@ def test_segments_survive_a_round_trip_through_json_lines(collector, sdk, tmp_pa
     segments = trace_two_services(sdk, collector, CANARY_CALLS[:4])
     path = tmp_path / "segments.jsonl"
 
-    collector.save(path)
+    write_segments(path, collector.segments)
 
     assert read_segments(path) == segments
     assert len(path.read_text().splitlines()) == len(segments)

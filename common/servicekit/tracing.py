@@ -2,7 +2,7 @@
 
 The SDK is in maintenance (end of support 2027-02-25; OpenTelemetry/ADOT is the
 successor), so every tracing call in canarylab goes through the small API below:
-``Tracer`` per app, and ``subsegment``, ``annotate``, ``trace_headers`` and
+``Tracer`` per app, and ``subsegment``, ``trace_headers`` and
 ``current_trace_id`` for the code that handles requests. Moving to OpenTelemetry
 means rewriting this file and nothing else.
 
@@ -229,14 +229,6 @@ def record_sql(sub, url: str, database_type: str, statement: str) -> None:
     """Describe a SQL call; the statement has placeholders, never parameter values."""
     if sub is not None:
         sub.set_sql({"url": url, "database_type": database_type, "sanitized_query": statement})
-
-
-def annotate(key: str, value) -> None:
-    """Add a searchable annotation to the current segment (X-Ray's filter expressions)."""
-    tracer = _tracer()
-    segment = g.get("xray_segment") if tracer else None
-    if segment is not None:
-        segment.put_annotation(key, value)
 
 
 def trace_headers() -> dict[str, str]:

@@ -82,26 +82,24 @@ class NotificationClient:
         return _reply(response, data)
 
     def _exchange(self, method, path, body, headers):
-        if not self.keepalive:
+        if self.keepalive:
+            connection = getattr(self._local, "connection", None) or self._connect()
+        else:
             headers["Connection"] = "close"
             connection = self._connect()
-            try:
-                connection.request(method, path, body, headers)
-                response = connection.getresponse()
-                return response, response.read()
-            finally:
-                connection.close()
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = self._local.connection = self._connect()
         try:
             connection.request(method, path, body, headers)
             response = connection.getresponse()
-            return response, response.read()
+            data = response.read()
         except (OSError, http.client.HTTPException):
             connection.close()
-            self._local.connection = None
+            self._local.connection = None  # a broken kept-alive connection is not reused
             raise
+        if self.keepalive:
+            self._local.connection = connection
+        else:
+            connection.close()
+        return response, data
 
     def _connect(self) -> http.client.HTTPConnection:
         connection = http.client.HTTPConnection(self._pick_address(), self.port,
