@@ -616,6 +616,9 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--max-requests", type=int, default=None,
                         help="stop after this many canary calls (default 1.3x the plan; "
                              "0: only --seconds stops the run)")
+    verify.add_argument("--sequential", action="store_true",
+                        help="look all along and stop at the first decision of the "
+                             "anytime-valid test (ceiling: 3x the plan)")
     verify.add_argument("--seconds", type=float, default=30.0,
                         help="stop after this long, whatever the count (default 30)")
     verify.add_argument("--host", help="user-management's base URL (default: the local cluster's)")

@@ -4,6 +4,7 @@
     canarylab verify                           the live local cluster against its own replicas
     canarylab verify --expect 50/50            ... against a split you name
     canarylab verify --host URL --expect 75/25 any user-management, anywhere
+    canarylab verify --sequential              look all along, stop at the first decision
 
 `verify` is a thin driver of the Locust suite (loadtest/locustfile.py): it runs
 `locust --headless` as a subprocess with `--tags canary`, so every call goes to
@@ -17,6 +18,11 @@ How long it runs: the locustfile stops at ``--max-requests`` canary calls,
 "verified" below it; the 30% over it leaves room for the calls that fail or name
 no version (up to 1% before the run fails anyway) and for a plan that, being
 discrete, saw-tooths. ``--seconds`` is only the ceiling for a slow target.
+
+With ``--sequential`` the locustfile looks at the counts every second and stops
+at the first decision of the anytime-valid test: a wrong split typically after a
+fraction of the plan, a correct one after about 1.2 times it (bench/README.md).
+Its ceiling is 3 times the plan: a run that gets there is inconclusive.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from loadtest.verifier import ALPHA, POWER, Expectation, plan_requests
 
 LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
 HEADROOM = 1.3  # canary calls per planned answer (module docstring)
+SEQUENTIAL_CEILING = 3.0  # with --sequential: the most calls, in plans (module docstring)
 GRACE_SECONDS = 30  # after --seconds: Locust stops its users, verifies, writes its files
 PROGRESS_SECONDS = 2.0
 
@@ -76,7 +83,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     host, expected, replicas = target(args)
     planned = plan_requests(expected.canary_share, args.margin / 100, ALPHA, POWER)
-    limit = math.ceil(HEADROOM * planned) if args.max_requests is None else args.max_requests
+    headroom = SEQUENTIAL_CEILING if args.sequential else HEADROOM
+    limit = math.ceil(headroom * planned) if args.max_requests is None else args.max_requests
     if limit < 0 or args.users < 1 or args.seconds <= 0:
         raise cli.CommandError("--max-requests must be >= 0, --users >= 1, --seconds > 0", 2)
     # Absolute, because Locust runs in the repository (see locust_command).
@@ -85,6 +93,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     command = locust_command(args, host, expected, replicas, limit, report)
 
     stop = f"{limit} canary calls or {args.seconds:g} s" if limit else f"{args.seconds:g} s"
+    if args.sequential:
+        stop = f"the sequential test decides, at most {stop}"
     print(f"verifying {expected.label} ({expected.source}) at {host}: plan {planned} answers; "
           f"{args.users} users until {stop} ...", flush=True)
     code = run(command, report, args.seconds + GRACE_SECONDS)
@@ -158,6 +168,8 @@ def locust_command(args: argparse.Namespace, host: str, expected: Expectation,
                "--only-summary", "--loglevel", "WARNING"]
     if replicas:
         command += ["--replicas", f"{replicas['v1']}/{replicas['v2']}"]
+    if args.sequential:
+        command.append("--sequential")
     return command
 
 

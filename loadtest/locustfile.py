@@ -24,6 +24,10 @@ Or just `locust --config loadtest/locust.conf`. What it does:
   follows from them, and the per-pod check also notices a pod that never
   answered. ``--max-requests N`` ends the run after N canary-endpoint calls
   (``-t`` stays the ceiling), so a run can stop as soon as the plan is reached.
+- ``--sequential`` looks at the counts every second with the verifier's
+  anytime-valid ``SequentialVerifier`` and ends the run at its first decision:
+  a grossly wrong split is caught after a fraction of the plan, and looking all
+  the time does not raise the error rates (loadtest/verifier.py, part 4).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from locust.stats import CSV_STATS_INTERVAL_SEC
 
 from loadtest.junit import verdict_junit
 from loadtest.report import write_html
-from loadtest.verifier import Expectation, render, verify
+from loadtest.verifier import Expectation, SequentialVerifier, render, verify
 
 log = logging.getLogger("canarylab.locust")
 
@@ -55,6 +59,7 @@ WINDOW_SECONDS = 2  # per-window counts feed the verifier's stickiness check
 MAX_ERROR_RATE = 0.01  # more failed canary-endpoint calls than this fails the run
 NO_VERSION = "no version"  # the stats label of an answer that names no version
 REPORT_KEY = "canarylab_split"  # our key in the worker -> master stats message
+LOOK_SECONDS = 1.0  # how often --sequential looks at the counts
 
 
 class SplitCounts:
@@ -74,10 +79,13 @@ class SplitCounts:
         self.windows: defaultdict[int, Counter[str]] = defaultdict(Counter)
         self.requests = 0  # every canary-endpoint call, answered by a version or not
         self.failures = 0
+        self.reused = 0  # answers that came over a connection user-management kept alive
 
-    def count(self, version: str | None, pod: str | None, failed: bool) -> None:
+    def count(self, version: str | None, pod: str | None, failed: bool,
+              reused: bool = False) -> None:
         self.requests += 1
         self.failures += failed
+        self.reused += reused
         if version:
             self.versions[version] += 1
             self.pods[version][pod or "unknown"] += 1
@@ -88,7 +96,7 @@ class SplitCounts:
         return {"versions": dict(self.versions),
                 "pods": {version: dict(pods) for version, pods in self.pods.items()},
                 "windows": {str(window): dict(c) for window, c in self.windows.items()},
-                "requests": self.requests, "failures": self.failures}
+                "requests": self.requests, "failures": self.failures, "reused": self.reused}
 
     def merge(self, message: dict) -> None:
         self.versions.update(message["versions"])
@@ -98,6 +106,7 @@ class SplitCounts:
             self.windows[int(window)].update(counts)
         self.requests += message["requests"]
         self.failures += message["failures"]
+        self.reused += message["reused"]
 
 
 # One per process: a worker's users count into it, the master adds up the workers'.
@@ -166,7 +175,8 @@ class CanaryUser(FastHttpUser):
             if not version:
                 response.failure(f"no X-Notification-Version (HTTP {response.status_code})")
             failed = not version or not 200 <= response.status_code < 300
-            split.count(version, pod, failed)
+            reused = (response.headers or {}).get("X-Notification-Connection") == "reused"
+            split.count(version, pod, failed, reused)
         _stop_at_limit(self.environment)
 
     @tag("notification")
@@ -242,6 +252,10 @@ def _add_options(parser) -> None:
     parser.add_argument("--max-requests", type=int, default=0,
                         help="stop after this many canary-endpoint calls (default 0: only -t "
                              "stops the run)")
+    parser.add_argument("--sequential", action="store_true",
+                        default=os.environ.get("CANARYLAB_SEQUENTIAL", "") == "1",
+                        help="look at the split every second and stop at the first decision "
+                             "of the anytime-valid sequential test")
 
 
 @events.init.add_listener
@@ -278,20 +292,48 @@ def expectation(options) -> Expectation:
 
 _stopping = False
 _master = None  # the master's Environment: worker_report, which feeds it, does not pass it
+_sequential: SequentialVerifier | None = None  # with --sequential, on the counting process
 
 
 def _stop_at_limit(environment) -> None:
     """End the run once --max-requests canary calls are counted, in the process that counts
     them all: a local run's, or the master's (a worker only sees its share)."""
-    global _stopping
     limit = environment.parsed_options and environment.parsed_options.max_requests
-    if not limit or _stopping or split.requests < limit:
+    if not limit or split.requests < limit:
         return
     if isinstance(environment.runner, WorkerRunner):
         return
-    _stopping = True
-    # In a greenlet of its own: quit() stops every user, this caller among them.
-    gevent.spawn(environment.runner.quit)
+    _quit(environment)
+
+
+def _quit(environment) -> None:
+    global _stopping
+    if not _stopping:
+        _stopping = True
+        # In a greenlet of its own: quit() stops every user, maybe the caller among them.
+        gevent.spawn(environment.runner.quit)
+
+
+@events.test_start.add_listener
+def _start_looking(environment, **_) -> None:
+    """With --sequential: look at the counts every second on the counting process."""
+    global _sequential
+    options = environment.parsed_options
+    if options is None or not options.sequential or isinstance(environment.runner,
+                                                               WorkerRunner):
+        return
+    _sequential = SequentialVerifier(expectation(options), margin=options.margin / 100)
+    gevent.spawn(_look, environment, _sequential)
+
+
+def _look(environment, checker: SequentialVerifier) -> None:
+    while checker.decision is None and not _stopping:
+        gevent.sleep(LOOK_SECONDS)
+        look = checker.update(dict(split.versions))
+        if look.status != "inconclusive":
+            print(f"sequential check: {look.status} after {look.n} answers "
+                  f"(the fixed plan is {look.planned_n}); stopping the run", flush=True)
+            _quit(environment)
 
 
 # --------------------------------------------------------------------------- distributed runs
@@ -334,7 +376,9 @@ def _verdict(environment, **_) -> None:
     expected = expectation(options)
     windows = [dict(split.windows[w]) for w in sorted(split.windows)]
     verdict = verify(dict(split.versions), expected, margin=options.margin / 100,
-                     pods={v: dict(p) for v, p in split.pods.items()}, windows=windows)
+                     pods={v: dict(p) for v, p in split.pods.items()}, windows=windows,
+                     sequential=_sequential if options.sequential else None,
+                     reused=split.reused)
     error_rate = split.failures / split.requests if split.requests else 0.0
     healthy = error_rate <= MAX_ERROR_RATE
     exit_code = verdict.exit_code if healthy else 1

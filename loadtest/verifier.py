@@ -146,7 +146,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -604,6 +604,7 @@ class Verdict(_Outcome):
     stickiness: StickinessFinding | None
     reasons: list[str]
     warnings: list[str]
+    sequential: SequentialLook | None = None  # the deciding look, in sequential mode
 
     def to_dict(self) -> dict:
         # The table rows too, so every report shows the tests exactly as `render` does.
@@ -642,11 +643,24 @@ def verify(counts: Mapping[str, int], expectation: Expectation, *,
            pods: Mapping[str, Mapping[str, int]] | None = None,
            windows: Sequence[Mapping[str, int]] | None = None,
            margin: float = MARGIN, alpha: float = ALPHA, srm_alpha: float = SRM_ALPHA,
-           power: float = POWER) -> Verdict:
-    """The verdict on one finished run of fixed size: answers per version in ``counts``,
-    optionally answers per pod ({version: {pod: count}}) and per time window
-    ([{version: count}, ...]). Call it once, at the end: to look while the traffic
-    runs, use ``SequentialVerifier``."""
+           power: float = POWER, sequential: SequentialVerifier | None = None,
+           reused: int = 0) -> Verdict:
+    """The verdict on one finished run: answers per version in ``counts``, optionally
+    answers per pod ({version: {pod: count}}) and per time window ([{version: count}, ...]).
+
+    Call it once, at the end. A run of fixed size is judged by the SRM test and TOST
+    at its planned size. A run that was looked at while it ran, and maybe stopped
+    early, must be judged by the ``SequentialVerifier`` that looked (pass it as
+    ``sequential``; its settings win): the fixed-size tests are not valid after
+    optional stopping. ``reused`` counts the answers that came over a kept-alive
+    connection (user-management says so in X-Notification-Connection): each is
+    sticky by construction, whatever the windows show. The per-pod and stickiness
+    checks are the same in both modes:
+    the stopping rule looks at the version counts only, and given those, how the
+    answers spread over pods and windows does not depend on when the run stopped.
+    """
+    if sequential is not None:
+        margin, alpha, srm_alpha = sequential.margin, sequential.alpha, sequential.srm_alpha
     _check_test_settings(margin, alpha, power)
     counts = _check_counts(counts)
     declared = expectation.shares
@@ -670,18 +684,23 @@ def verify(counts: Mapping[str, int], expectation: Expectation, *,
         return verdict
 
     verdict.pods = _pod_findings(pods or {}, expectation, srm_alpha, counts, verdict.warnings)
-    budget = srm_alpha / (1 + sum(f.p_value is not None for f in verdict.pods))
-    verdict.srm = srm_test(counts, expectation, budget)
-    verdict.equivalence = equivalence_test(counts[canary], n, share, margin, alpha)
     verdict.canary_share = counts[canary] / n
-    verdict.interval = verdict.equivalence.interval
+    if sequential is None:
+        budget = srm_alpha / (1 + sum(f.p_value is not None for f in verdict.pods))
+        verdict.srm = srm_test(counts, expectation, budget)
+        verdict.equivalence = equivalence_test(counts[canary], n, share, margin, alpha)
+        verdict.interval = verdict.equivalence.interval
     if windows:
         verdict.stickiness = check_stickiness(windows, canary, srm_alpha)
-        if verdict.stickiness.p_value is None:
+        if verdict.stickiness.p_value is None and not reused:
             verdict.warnings.append(verdict.stickiness.message)
-    else:
+    elif not reused:
         verdict.warnings.append("No per-window counts: stickiness was not checked.")
+    if reused:
+        verdict.stickiness = _reused_connections(verdict.stickiness, reused, n, srm_alpha)
 
+    if sequential is not None:
+        return _sequential_verdict(verdict, sequential.update(counts))
     mismatch = _mismatch_reasons(verdict, expectation, where)
     if mismatch:
         verdict.status, verdict.reasons = "mismatch", mismatch
@@ -690,6 +709,24 @@ def verify(counts: Mapping[str, int], expectation: Expectation, *,
     if verdict.stickiness and verdict.stickiness.sticky:
         verdict.reasons.append(verdict.stickiness.message)
     return verdict
+
+
+def _reused_connections(finding: StickinessFinding | None, reused: int, n: int,
+                        threshold: float) -> StickinessFinding:
+    """Sticky for certain: user-management said it reused connections to notification.
+
+    Pinned connections need not make the share swing (two workers pinned to two
+    v1 pods give 0% canary in every window), so the dispersion test can miss them;
+    the relayed header cannot.
+    """
+    message = (f"{reused} of {n} answers came over a connection user-management kept alive "
+               "(X-Notification-Connection: reused): traffic is sticky. kube-proxy picks a pod "
+               "per connection, so each kept-alive connection pins a user-management worker to "
+               "one pod. Set NOTIFICATION_KEEPALIVE=false (the default): a new connection per "
+               "call, and run again.")
+    if finding is None:
+        return StickinessFinding(0, [], None, None, 0, None, None, threshold, True, message)
+    return replace(finding, sticky=True, message=f"{message} ({finding.message})")
 
 
 def _pod_findings(pods: Mapping[str, Mapping[str, int]], expectation: Expectation,
@@ -708,6 +745,29 @@ def _pod_findings(pods: Mapping[str, Mapping[str, int]], expectation: Expectatio
                 for v, p in pods.items()]
     warnings.extend(f.message for f in findings if f.p_value is None)
     return findings
+
+
+def _sequential_verdict(verdict: Verdict, look: SequentialLook) -> Verdict:
+    """Status and reasons from the sequential decision; pods and stickiness as always."""
+    verdict.sequential = look
+    verdict.interval, verdict.interval_level = look.sequence, 1 - verdict.alpha
+    pods = [f"{finding.message} The split is declared as replica counts, so a replica that "
+            "does not get its share is not the declared split."
+            for finding in verdict.pods if finding.problem]
+    sticky = verdict.stickiness is not None and verdict.stickiness.sticky
+    if look.status == "mismatch" or pods:
+        verdict.status = "mismatch"
+        verdict.reasons = (look.reasons if look.status == "mismatch" else []) + pods
+    elif sticky:
+        verdict.status = "inconclusive"
+        verdict.reasons = look.reasons + [
+            "Sticky traffic is not a series of independent draws, so no confidence sequence "
+            "computed from these counts can verify the split."]
+    else:
+        verdict.status, verdict.reasons = look.status, list(look.reasons)
+    if sticky:
+        verdict.reasons.append(verdict.stickiness.message)
+    return verdict
 
 
 def _mismatch_reasons(verdict: Verdict, expectation: Expectation, where: str) -> list[str]:
@@ -799,7 +859,9 @@ def render(verdict: Verdict) -> str:
     lines = [f"Split check: {verdict.status.upper()} (exit {verdict.exit_code})",
              f"expected {verdict.expected} from {verdict.source}; canary {verdict.canary}; "
              f"margin +-{100 * verdict.margin:g} points at {100 * (1 - verdict.alpha):g}%",
-             f"requests counted {verdict.n}, planned {verdict.planned_n}", "",
+             f"requests counted {verdict.n}, planned {verdict.planned_n}"
+             + (" (sequential: checked all along, may stop before the plan)"
+                if verdict.sequential else ""), "",
              f"{'version':<10}{'declared':>10}{'observed':>10}{'answers':>10}"]
     for version, count in verdict.counts.items():
         lines.append(f"{version:<10}{_pct(verdict.declared.get(version, 0.0)):>10}"
@@ -833,6 +895,16 @@ def test_rows(verdict: Verdict) -> list[tuple[str, str, str, str, str]]:
         return "-" if value is None else f"{value:.3g}"
 
     rows = []
+    if verdict.sequential:
+        look = verdict.sequential
+        rows.append(("sequential SRM (e-value)", fmt(look.evidence), "-",
+                     fmt(1 / verdict.srm_alpha),
+                     "MISMATCH" if look.status == "mismatch" else "ok"))
+        if look.sequence:
+            rows.append((f"{100 * (1 - verdict.alpha):g}% confidence sequence",
+                         f"{_pct(look.sequence[0])}-{_pct(look.sequence[1])}", "-",
+                         f"{_pct(max(look.bounds[0], 0))}-{_pct(min(look.bounds[1], 1))}",
+                         "within margin" if look.status == "verified" else "not shown"))
     if verdict.srm:
         srm = verdict.srm
         rows.append((f"sample-ratio mismatch ({srm.df} df)", fmt(srm.statistic),
@@ -847,7 +919,8 @@ def test_rows(verdict: Verdict) -> list[tuple[str, str, str, str, str]]:
             rows.append((f"pods of {finding.version} ({finding.df} df)", fmt(finding.statistic),
                          fmt(finding.p_value), fmt(finding.threshold),
                          "UNEVEN" if finding.problem else "even"))
-    if verdict.stickiness and verdict.stickiness.p_value is not None:
+    if verdict.stickiness and (verdict.stickiness.p_value is not None
+                               or verdict.stickiness.sticky):
         sticky = verdict.stickiness
         rows.append((f"stickiness ({sticky.df} df)", fmt(sticky.statistic),
                      fmt(sticky.p_value), fmt(sticky.threshold),

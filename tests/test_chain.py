@@ -224,12 +224,17 @@ def test_keepalive_pins_a_worker_to_one_pod_behind_a_service(start_service, keep
         usermgmt = start_service("user-management", NOTIFICATION_SERVICE_PORT=service.port,
                                  NOTIFICATION_KEEPALIVE=keepalive, GUNICORN_WORKERS=1)
         with requests.Session() as client:
-            answered = {client.get(f"{usermgmt.url}/usermgmt/notification-xray", timeout=10)
-                        .headers["X-Notification-Version"] for _ in range(40)}
+            replies = [client.get(f"{usermgmt.url}/usermgmt/notification-xray", timeout=10)
+                       .headers for _ in range(40)]
         usermgmt.stop()  # before the proxy goes: its kept-alive connection ends first
+    answered = {headers["X-Notification-Version"] for headers in replies}
+    reused = [headers.get("X-Notification-Connection") for headers in replies]
     if versions_seen is None:
         assert len(answered) == 1, answered  # stuck: 40 calls, one pod
+        # ...and it says why: every call after the first came over the same connection.
+        assert reused == [None] + ["reused"] * 39
     else:
+        assert reused == [None] * 40
         # 40 fair coin flips all landing on one side: probability 2 * 2^-40.
         assert answered == versions_seen
 

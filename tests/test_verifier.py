@@ -27,6 +27,7 @@ from loadtest.verifier import (
     sequential_decision,
     verify,
 )
+from loadtest.verifier import test_rows as table_rows  # not a test: pytest would collect it
 
 # Declared canary share per split, with the replica counts of its k8s overlay.
 SPLITS = {
@@ -359,6 +360,62 @@ def test_sequential_mode_on_a_hundred_zero_split():
     assert statuses[:58] == ["inconclusive"] * 58 and statuses[58] == "verified"
     stray = SequentialVerifier(Expectation.parse("100/0")).update({"v1": 10, "v2": 1})
     assert stray.status == "mismatch"
+
+
+def test_a_sequential_run_is_judged_by_its_sequential_test_not_by_the_fixed_size_ones():
+    # 720 answers, exactly a quarter from v2: below the plan (817), so the fixed-size
+    # verdict must stay inconclusive; the sequential test, which may stop early,
+    # verifies it (at 680 answers when the share is spot on).
+    rng = np.random.default_rng(5)
+    n, canary = 720, 180
+    counts = {"v1": n - canary, "v2": canary}
+    pods = {"v1": split_into_pods(rng, n - canary, 3, "v1"), "v2": {"notification-v2-0": canary}}
+    fixed = verify(counts, overlay("75/25"), pods=pods)
+    checker = SequentialVerifier(overlay("75/25"))
+    for seen in range(120, n + 1, 120):  # looked at all along, like the locustfile does
+        checker.update({"v1": seen - seen // 4, "v2": seen // 4})
+    sequential = verify(counts, overlay("75/25"), pods=pods, sequential=checker)
+    assert fixed.status == "inconclusive" and fixed.n < fixed.planned_n
+    assert sequential.status == checker.decision.status == "verified"
+    assert sequential.srm is None and sequential.equivalence is None
+    assert sequential.sequential is checker.decision
+    assert sequential.interval == checker.decision.sequence
+    rows = {row[0]: row[-1] for row in table_rows(sequential)}
+    assert rows["sequential SRM (e-value)"] == "ok"
+    assert "sequential: checked all along" in render(sequential)
+    json.dumps(sequential.to_dict(), allow_nan=False)
+
+
+def test_a_sequential_verdict_still_checks_the_pods():
+    # The version counts look right, but one of three v1 pods never answered.
+    checker = SequentialVerifier(overlay("75/25"))
+    counts = {"v1": 1500, "v2": 500}
+    pods = {"v1": {"notification-v1-a": 750, "notification-v1-b": 750},
+            "v2": {"notification-v2-a": 500}}
+    verdict = verify(counts, overlay("75/25"), pods=pods, sequential=checker)
+    assert checker.decision.status == "verified"
+    assert verdict.status == "mismatch"
+    assert any("never answered" in reason or "pods" in reason for reason in verdict.reasons)
+
+
+def test_a_sequential_mismatch_says_why_in_words():
+    checker = SequentialVerifier(overlay("50/50"))
+    verdict = verify({"v1": 300, "v2": 100}, overlay("50/50"), sequential=checker)
+    assert verdict.status == "mismatch" and verdict.exit_code == 1
+    assert "evidence against the declared split" in verdict.reasons[0]
+
+
+def test_answers_over_reused_connections_make_the_traffic_sticky_whatever_the_windows_say():
+    # Two workers pinned to two v1 pods: 0% canary in every window, so the windows
+    # do not swing; user-management's X-Notification-Connection header says why.
+    windows = [{"v1": 200, "v2": 0}] * 5
+    verdict = verify({"v1": 1000, "v2": 0}, overlay("75/25"), windows=windows, reused=998)
+    assert verdict.status == "mismatch"
+    assert verdict.stickiness.sticky
+    assert "998 of 1000 answers came over a connection user-management kept alive" \
+        in verdict.reasons[-1]
+    assert "NOTIFICATION_KEEPALIVE=false" in verdict.reasons[-1]
+    assert {row[0]: row[-1] for row in table_rows(verdict)}["stickiness (4 df)"] == "STICKY"
 
 
 # --------------------------------------------------------------------------- the report

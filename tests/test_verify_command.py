@@ -86,3 +86,23 @@ def test_verify_with_host_needs_a_named_split(cluster, tmp_path):
     assert result.returncode == 2
     assert "--expect auto reads the split from the LOCAL cluster" in result.stderr
     assert verdict is None
+
+
+def test_sequential_verify_stops_a_wrong_split_early(cluster, tmp_path):
+    # Declared 50/50, really 75/25: the sequential test sees it long before the plan
+    # (1,092 for 50/50) and ends the run there, without the ceiling being reached.
+    result, verdict = verify(cluster, tmp_path, "--expect", "50/50", "--sequential")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sequential check: mismatch after" in result.stdout
+    assert verdict["status"] == "mismatch" and verdict["sequential"]["status"] == "mismatch"
+    assert verdict["n"] < verdict["planned_n"] / 2
+    assert "evidence against the declared split" in verdict["reasons"][0]
+
+
+def test_sequential_verify_verifies_a_correct_split(cluster, tmp_path):
+    result, verdict = verify(cluster, tmp_path, "--sequential")
+    # A correct split verifies in >= 99.9% of sequential runs before the 3x ceiling.
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sequential check: verified after" in result.stdout
+    assert verdict["sequential"]["status"] == "verified"
+    assert {f["version"]: len(f["pods"]) for f in verdict["pods"]} == {"v1": 3, "v2": 1}

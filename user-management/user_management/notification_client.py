@@ -5,7 +5,9 @@ TCP *connection*, not per request. A pooled, keep-alive client would send every
 call of a worker to the pod its connection first landed on, and the observed
 v1/v2 split would scatter far from the replica ratio (DESIGN.md measured v1
 shares of 0.28 to 1.00 with keep-alive, 0.75-0.76 without). Keep-alive stays
-available (``NOTIFICATION_KEEPALIVE=true``) to show exactly that.
+available (``NOTIFICATION_KEEPALIVE=true``) to show exactly that; a call that went
+over a reused connection says so to the caller (``X-Notification-Connection:
+reused``), so the split verifier can name the cause instead of guessing.
 
 Why ``http.client`` and not ``requests``: the two calls are the hot path of the
 canary endpoint, and ``requests`` measured about 0.7 ms more CPU per call on
@@ -39,14 +41,17 @@ class Reply:
     version: str | None
     pod: str | None
     headers: dict = field(default_factory=dict)
+    reused: bool = False  # came over a kept-alive connection, not a new one
 
     def relay_headers(self) -> dict[str, str]:
-        """Who answered, as user-management relays it to its own client."""
+        """Who answered, and how it was reached, as user-management relays it."""
         relayed = {}
         if self.version:
             relayed["X-Notification-Version"] = self.version
         if self.pod:
             relayed["X-Notification-Pod"] = self.pod
+        if self.reused:
+            relayed["X-Notification-Connection"] = "reused"
         return relayed
 
 
@@ -71,7 +76,7 @@ class NotificationClient:
             if body is not None:
                 headers["Content-Type"] = "application/json"
             try:
-                response, data = self._exchange(method, path, body, headers)
+                response, data, reused = self._exchange(method, path, body, headers)
             except (OSError, http.client.HTTPException) as exc:
                 record_http(sub, method, url, None)
                 if sub is not None:
@@ -79,11 +84,15 @@ class NotificationClient:
                 reason = f"{self.host}:{self.port}: {_describe(exc)}"
                 raise NotificationUnavailable(reason) from None
             record_http(sub, method, url, response.status)
-        return _reply(response, data)
+        return _reply(response, data, reused)
 
     def _exchange(self, method, path, body, headers):
+        """(response, body bytes, whether the connection was a reused one)."""
+        reused = False
         if self.keepalive:
-            connection = getattr(self._local, "connection", None) or self._connect()
+            connection = getattr(self._local, "connection", None)
+            reused = connection is not None
+            connection = connection or self._connect()
         else:
             headers["Connection"] = "close"
             connection = self._connect()
@@ -99,7 +108,7 @@ class NotificationClient:
             self._local.connection = connection
         else:
             connection.close()
-        return response, data
+        return response, data, reused
 
     def _connect(self) -> http.client.HTTPConnection:
         connection = http.client.HTTPConnection(self._pick_address(), self.port,
@@ -115,7 +124,7 @@ class NotificationClient:
         return random.choice(sorted(addresses))
 
 
-def _reply(response: http.client.HTTPResponse, data: bytes) -> Reply:
+def _reply(response: http.client.HTTPResponse, data: bytes, reused: bool = False) -> Reply:
     body = None
     if data and "json" in (response.getheader("Content-Type") or ""):
         try:
@@ -128,6 +137,7 @@ def _reply(response: http.client.HTTPResponse, data: bytes) -> Reply:
         version=response.getheader(VERSION_HEADER),
         pod=response.getheader(POD_HEADER),
         headers=dict(response.getheaders()),
+        reused=reused,
     )
 
 
