@@ -375,6 +375,8 @@ def describe_split(percent: Fraction, total: int) -> str:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
+    if args.mode == "weights":
+        return split_weights(args)
     try:
         percent = Fraction(args.percent)
     except ValueError:
@@ -386,6 +388,25 @@ def cmd_split(args: argparse.Namespace) -> None:
     apply_replicas({STABLE: stable, CANARY: canary}, args.context, args.timeout)
     print("\nfor a real cluster, in the overlay's kustomization.yaml:")
     print(replicas_patch(stable, canary))
+
+
+def split_weights(args: argparse.Namespace) -> None:
+    """--mode weights: the mesh documents for PERCENT (canarylab.weights), printed, and
+    applied with kubectl when --context names a cluster."""
+    from canarylab import weights
+
+    try:
+        text = weights.render(args.percent, args.mesh, args.namespace)
+    except ValueError as error:
+        raise CommandError(str(error), 2) from None
+    print(text, end="")
+    if not args.context:
+        return
+    command = [kubectl_path(), "--context", args.context, "apply", "-f", "-"]
+    result = subprocess.run(command, input=text, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise CommandError(f"{' '.join(command)} failed:\n{result.stderr.strip()}")
+    print(result.stdout, end="")
 
 
 def replicas_patch(stable: int, canary: int) -> str:
@@ -571,6 +592,13 @@ def parser() -> argparse.ArgumentParser:
                        help=f"notification pods in all (default {SPLIT_TOTAL})")
     split.add_argument("--context", help="a kubectl context: a real cluster")
     split.add_argument("--timeout", type=float, default=READY_TIMEOUT)
+    split.add_argument("--mode", choices=["replicas", "weights"], default="replicas",
+                       help="replicas (default): pod counts; weights: Istio / Gateway API "
+                            "weights for a mesh (k8s/components/istio, gateway-api)")
+    split.add_argument("--mesh", choices=["istio", "gateway-api", "both"], default="both",
+                       help="with --mode weights: which documents (default both)")
+    split.add_argument("--namespace", default="canarylab",
+                       help="with --mode weights: their namespace (default canarylab)")
     split.set_defaults(run=cmd_split)
 
     traces = commands.add_parser("traces", help="service map of the collected X-Ray segments")
@@ -589,10 +617,15 @@ def parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="up, traffic, the observed split, traces, down")
     demo.add_argument("overlay", nargs="?", default=str(DEFAULT_OVERLAY))
-    demo.add_argument("--requests", type=int, default=2000, help="calls to send (default 2000)")
+    demo.add_argument("--scenario", choices=["healthy", "errors", "slow", "subtle"],
+                      help="faults on the v2 pods (k8s/components/faults) and a canary "
+                           "analysis: promote, hold or rollback")
+    demo.add_argument("--requests", type=int, default=None,
+                      help="calls to send (default 2000; 8000 with --scenario)")
     demo.add_argument("--concurrency", type=int, default=4)
-    demo.add_argument("--max-seconds", type=float, default=60.0,
-                      help="stop sending after this long, whatever the count")
+    demo.add_argument("--max-seconds", type=float, default=None,
+                      help="stop sending after this long, whatever the count (default 60; "
+                           "30 with --scenario)")
     demo.add_argument("--reports", default="reports", help="where the report folder goes")
     demo.add_argument("--keep", action="store_true", help="leave the cluster running")
     demo.set_defaults(run=demo_command)
@@ -607,22 +640,37 @@ def parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser(
         "verify", help="run the Locust suite headless; exit 0 verified, 1 mismatch, 2 inconclusive")
-    verify.add_argument("--expect", default="auto",
-                        help="declared split v1/v2, like 75/25; auto (default): the local "
-                             "cluster's notification-v1/v2 replica counts")
-    verify.add_argument("--margin", type=float, default=5.0,
-                        help="equivalence margin in percentage points (default 5)")
-    verify.add_argument("--users", type=int, default=32, help="Locust users (default 32)")
-    verify.add_argument("--max-requests", type=int, default=None,
-                        help="stop after this many canary calls (default 1.3x the plan; "
-                             "0: only --seconds stops the run)")
-    verify.add_argument("--sequential", action="store_true",
-                        help="look all along and stop at the first decision of the "
-                             "anytime-valid test (ceiling: 3x the plan)")
-    verify.add_argument("--seconds", type=float, default=30.0,
-                        help="stop after this long, whatever the count (default 30)")
-    verify.add_argument("--host", help="user-management's base URL (default: the local cluster's)")
-    verify.add_argument("--reports", default="reports", help="where the report folder goes")
+    analyze = commands.add_parser(
+        "analyze", help="verify the split AND judge v2 against v1 (errors, latency): exit 0 "
+                        "promote, 1 rollback or mismatch, 2 hold")
+    for command, calls, seconds in ((verify, "1.3x the plan", 30.0),
+                                    (analyze, "the larger of 4000 and 1.3x the plan", 60.0)):
+        command.add_argument("--expect", default="auto",
+                             help="declared split v1/v2, like 75/25; auto (default): the local "
+                                  "cluster's notification-v1/v2 replica counts")
+        command.add_argument("--margin", type=float, default=5.0,
+                             help="equivalence margin in percentage points (default 5)")
+        command.add_argument("--users", type=int, default=32, help="Locust users (default 32)")
+        command.add_argument("--max-requests", type=int, default=None,
+                             help=f"stop after this many canary calls (default {calls}; "
+                                  "0: only --seconds stops the run)")
+        command.add_argument("--sequential", action="store_true",
+                             help="look all along and stop at the first decision of the "
+                                  "anytime-valid split test (ceiling: 3x the plan)")
+        command.add_argument("--seconds", type=float, default=seconds,
+                             help=f"stop after this long, whatever the count (default "
+                                  f"{seconds:g})")
+        command.add_argument("--host",
+                             help="user-management's base URL (default: the local cluster's)")
+        command.add_argument("--reports", default="reports",
+                             help="where the report folder goes")
+    from canarylab import rollout
+
+    rollout.add_parser(commands)
+    verify.set_defaults(analysis=None)
+    analyze.add_argument("--analysis", default=None, metavar="FILE",
+                         help="the checks and thresholds (default loadtest/analysis.yaml)")
+    analyze.set_defaults(run=verify_command, analyze=True)
     verify.set_defaults(run=verify_command)
     return top
 

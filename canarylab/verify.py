@@ -5,6 +5,8 @@
     canarylab verify --expect 50/50            ... against a split you name
     canarylab verify --host URL --expect 75/25 any user-management, anywhere
     canarylab verify --sequential              look all along, stop at the first decision
+    canarylab analyze                          ... and judge v2 against v1: promote, hold,
+                                               rollback (loadtest/analysis.py)
 
 `verify` is a thin driver of the Locust suite (loadtest/locustfile.py): it runs
 `locust --headless` as a subprocess with `--tags canary`, so every call goes to
@@ -43,6 +45,7 @@ from loadtest.verifier import ALPHA, POWER, Expectation, plan_requests
 LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
 HEADROOM = 1.3  # canary calls per planned answer (module docstring)
 SEQUENTIAL_CEILING = 3.0  # with --sequential: the most calls, in plans (module docstring)
+ANALYSIS_CALLS = 4000  # `analyze`: a healthy canary's p99 needs about 1,000 v2 answers
 GRACE_SECONDS = 30  # after --seconds: Locust stops its users, verifies, writes its files
 PROGRESS_SECONDS = 2.0
 
@@ -81,10 +84,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if getattr(args, "analyze", False):
+        from loadtest.analysis import ConfigError, load_config
+
+        try:
+            load_config(args.analysis)  # a bad file is one line now, not a Locust error later
+        except (ConfigError, OSError) as error:
+            raise cli.CommandError(str(error), 2) from None
     host, expected, replicas = target(args)
     planned = plan_requests(expected.canary_share, args.margin / 100, ALPHA, POWER)
     headroom = SEQUENTIAL_CEILING if args.sequential else HEADROOM
     limit = math.ceil(headroom * planned) if args.max_requests is None else args.max_requests
+    analyzing = getattr(args, "analyze", False)
+    if analyzing and args.max_requests is None:
+        limit = max(limit, ANALYSIS_CALLS)
     if limit < 0 or args.users < 1 or args.seconds <= 0:
         raise cli.CommandError("--max-requests must be >= 0, --users >= 1, --seconds > 0", 2)
     # Absolute, because Locust runs in the repository (see locust_command).
@@ -95,7 +108,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     stop = f"{limit} canary calls or {args.seconds:g} s" if limit else f"{args.seconds:g} s"
     if args.sequential:
         stop = f"the sequential test decides, at most {stop}"
-    print(f"verifying {expected.label} ({expected.source}) at {host}: plan {planned} answers; "
+    what = "verifying and analysing" if analyzing else "verifying"
+    print(f"{what} {expected.label} ({expected.source}) at {host}: plan {planned} answers; "
           f"{args.users} users until {stop} ...", flush=True)
     code = run(command, report, args.seconds + GRACE_SECONDS)
     if (report / "verdict.json").exists():
@@ -170,6 +184,10 @@ def locust_command(args: argparse.Namespace, host: str, expected: Expectation,
         command += ["--replicas", f"{replicas['v1']}/{replicas['v2']}"]
     if args.sequential:
         command.append("--sequential")
+    if getattr(args, "analyze", False):
+        # Absolute: Locust runs in the repository, the user named the file from here.
+        command += ["--analysis", str(Path(args.analysis).resolve())] if args.analysis \
+            else ["--analysis"]
     return command
 
 

@@ -19,14 +19,15 @@ def verdict_junit(verdict: Verdict, health: tuple[bool, str] | None = None) -> s
     if verdict.srm is not None:
         cases.append(("sample-ratio mismatch",
                       reasons if verdict.srm.mismatch else None))
+    if verdict.sequential is not None:  # the sequential run's own mismatch test
+        cases.append(("sample-ratio mismatch (sequential)",
+                      reasons if verdict.sequential.status == "mismatch" else None))
     margin = f"{verdict.margin * 100:g}"
-    if verdict.equivalence is not None:
-        passed = verdict.equivalence.equivalent and verdict.status == "verified"
-        cases.append((f"{verdict.canary} share within ±{margin} points of {verdict.expected}",
-                      None if passed else f"{verdict.status}: {reasons}"))
-    else:
-        cases.append((f"{verdict.canary} share within ±{margin} points of {verdict.expected}",
-                      f"{verdict.status}: {reasons}"))
+    # Verified means within the margin, by TOST or, in sequential mode, by the
+    # confidence sequence; anything else fails this case with the verdict's reasons.
+    passed = verdict.status == "verified"
+    cases.append((f"{verdict.canary} share within ±{margin} points of {verdict.expected}",
+                  None if passed else f"{verdict.status}: {reasons}"))
     for finding in verdict.pods:
         cases.append((f"pods of {finding.version} share evenly",
                       finding.message if finding.problem else None))
@@ -44,3 +45,28 @@ def verdict_junit(verdict: Verdict, health: tuple[bool, str] | None = None) -> s
         if message is not None:
             ElementTree.SubElement(case, "failure", message=message).text = message
     return ElementTree.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def analysis_junit(analysis) -> str:
+    """The canary analysis (``loadtest.analysis.Analysis``) as its own test suite: one
+    case per check; a check that failed, or lacks data, is a failure with its reason."""
+    suite = ElementTree.Element("testsuite", name="canary analysis",
+                                tests=str(len(analysis.checks)),
+                                failures=str(sum(c.status != "pass" for c in analysis.checks)))
+    for check in analysis.checks:
+        case = ElementTree.SubElement(suite, "testcase", classname="canarylab.analysis",
+                                      name=f"{check.name} ({check.threshold})")
+        if check.status != "pass":
+            message = f"{check.status}: {check.reason}"
+            ElementTree.SubElement(case, "failure", message=message).text = message
+    return ElementTree.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def junit_document(*suites: str) -> str:
+    """Several ``<testsuite>`` documents (from the functions above) as one JUnit file."""
+    if len(suites) == 1:
+        return suites[0]
+    root = ElementTree.Element("testsuites")
+    for suite in suites:
+        root.append(ElementTree.fromstring(suite))
+    return ElementTree.tostring(root, encoding="unicode", xml_declaration=True) + "\n"

@@ -24,6 +24,10 @@ Or just `locust --config loadtest/locust.conf`. What it does:
   follows from them, and the per-pod check also notices a pod that never
   answered. ``--max-requests N`` ends the run after N canary-endpoint calls
   (``-t`` stays the ceiling), so a run can stop as soon as the plan is reached.
+- ``--analysis [FILE]`` also judges the canary against the baseline from the same
+  answers: error rates and latency per version (loadtest/analysis.py, settings in
+  loadtest/analysis.yaml or FILE). Its decision, promote / hold / rollback, joins
+  the exit code (rollback 1, hold 2) and the reports.
 - ``--sequential`` looks at the counts every second with the verifier's
   anytime-valid ``SequentialVerifier`` and ends the run at its first decision:
   a grossly wrong split is caught after a fraction of the plan, and looking all
@@ -48,9 +52,12 @@ from locust import FastHttpUser, between, events, tag, task
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
-from loadtest.junit import verdict_junit
+from loadtest import analysis as canary_analysis
+from loadtest import webui  # noqa: F401 (the web UI's "Canary split" tab, loadtest/webui.py)
+from loadtest.analysis_report import analysis_html
+from loadtest.junit import analysis_junit, junit_document, verdict_junit
 from loadtest.report import write_html
-from loadtest.verifier import Expectation, SequentialVerifier, render, verify
+from loadtest.verifier import Expectation, SequentialVerifier, render, verify, worst_exit_code
 
 log = logging.getLogger("canarylab.locust")
 
@@ -60,6 +67,29 @@ MAX_ERROR_RATE = 0.01  # more failed canary-endpoint calls than this fails the r
 NO_VERSION = "no version"  # the stats label of an answer that names no version
 REPORT_KEY = "canarylab_split"  # our key in the worker -> master stats message
 LOOK_SECONDS = 1.0  # how often --sequential looks at the counts
+MAX_SAMPLES = 20_000  # latencies kept per version for the canary analysis (a reservoir)
+
+
+class Reservoir:
+    """A uniform random sample of at most ``size`` of the values added so far.
+
+    Algorithm R (Vitter 1985, "Random sampling with a reservoir", ACM TOMS 11:37):
+    the n-th value replaces a random kept one with probability size / n. Memory
+    stays bounded however long Locust runs, and every value seen had the same chance
+    to be kept, so the analysis's latency tests see an unbiased sample.
+    """
+
+    def __init__(self, size: int = MAX_SAMPLES) -> None:
+        self.size, self.seen, self.values = size, 0, []
+
+    def add(self, value: float) -> None:
+        self.seen += 1
+        if len(self.values) < self.size:
+            self.values.append(value)
+        else:
+            slot = random.randrange(self.seen)
+            if slot < self.size:
+                self.values[slot] = value
 
 
 class SplitCounts:
@@ -68,6 +98,11 @@ class SplitCounts:
     Windows are keyed by wall-clock time (``int(time.time()) // WINDOW_SECONDS``),
     not by the start of the run, so the windows of different workers line up and
     the master can add them without knowing when each worker started.
+
+    For the canary analysis it also keeps, per version, the answers that were errors
+    (HTTP status not 2xx) and a reservoir of response times. A worker sends the
+    latencies of one report interval (a few seconds: far fewer than MAX_SAMPLES), so
+    the master sees every one of them and its own reservoir stays uniform.
     """
 
     def __init__(self) -> None:
@@ -80,13 +115,18 @@ class SplitCounts:
         self.requests = 0  # every canary-endpoint call, answered by a version or not
         self.failures = 0
         self.reused = 0  # answers that came over a connection user-management kept alive
+        self.errors: Counter[str] = Counter()  # per version: answers that were not 2xx
+        self.latencies: defaultdict[str, Reservoir] = defaultdict(Reservoir)
 
     def count(self, version: str | None, pod: str | None, failed: bool,
-              reused: bool = False) -> None:
+              reused: bool = False, latency_ms: float | None = None) -> None:
         self.requests += 1
         self.failures += failed
         self.reused += reused
         if version:
+            self.errors[version] += failed
+            if latency_ms is not None:
+                self.latencies[version].add(latency_ms)
             self.versions[version] += 1
             self.pods[version][pod or "unknown"] += 1
             self.windows[int(time.time()) // WINDOW_SECONDS][version] += 1
@@ -96,7 +136,9 @@ class SplitCounts:
         return {"versions": dict(self.versions),
                 "pods": {version: dict(pods) for version, pods in self.pods.items()},
                 "windows": {str(window): dict(c) for window, c in self.windows.items()},
-                "requests": self.requests, "failures": self.failures, "reused": self.reused}
+                "requests": self.requests, "failures": self.failures, "reused": self.reused,
+                "errors": dict(self.errors),
+                "latencies": {v: r.values for v, r in self.latencies.items()}}
 
     def merge(self, message: dict) -> None:
         self.versions.update(message["versions"])
@@ -107,6 +149,10 @@ class SplitCounts:
         self.requests += message["requests"]
         self.failures += message["failures"]
         self.reused += message["reused"]
+        self.errors.update(message["errors"])
+        for version, values in message["latencies"].items():
+            for value in values:
+                self.latencies[version].add(value)
 
 
 # One per process: a worker's users count into it, the master adds up the workers'.
@@ -176,7 +222,7 @@ class CanaryUser(FastHttpUser):
                 response.failure(f"no X-Notification-Version (HTTP {response.status_code})")
             failed = not version or not 200 <= response.status_code < 300
             reused = (response.headers or {}).get("X-Notification-Connection") == "reused"
-            split.count(version, pod, failed, reused)
+            split.count(version, pod, failed, reused, response.request_meta["response_time"])
         _stop_at_limit(self.environment)
 
     @tag("notification")
@@ -252,6 +298,11 @@ def _add_options(parser) -> None:
     parser.add_argument("--max-requests", type=int, default=0,
                         help="stop after this many canary-endpoint calls (default 0: only -t "
                              "stops the run)")
+    parser.add_argument("--analysis", nargs="?", const=str(canary_analysis.DEFAULT_CONFIG),
+                        default=os.environ.get("CANARYLAB_ANALYSIS", ""),
+                        help="also judge v2 against v1 (errors, latency): promote, hold or "
+                             "rollback; optionally with an analysis file (default "
+                             "loadtest/analysis.yaml)")
     parser.add_argument("--sequential", action="store_true",
                         default=os.environ.get("CANARYLAB_SEQUENTIAL", "") == "1",
                         help="look at the split every second and stop at the first decision "
@@ -273,6 +324,8 @@ def _check_options(environment, **_) -> None:
             raise ValueError(f"--max-requests {options.max_requests} must be 0 (no limit) or more")
         if not 0 < options.margin < 100:
             raise ValueError(f"--margin {options.margin:g} must be between 0 and 100 points")
+        if options.analysis:
+            canary_analysis.load_config(options.analysis)  # a bad file stops the run now
     except ValueError as exc:
         log.error("%s", exc)
         sys.exit(2)
@@ -316,8 +369,10 @@ def _quit(environment) -> None:
 
 @events.test_start.add_listener
 def _start_looking(environment, **_) -> None:
-    """With --sequential: look at the counts every second on the counting process."""
-    global _sequential
+    """A new run (the web UI can start several): not stopping yet; with --sequential, look
+    at the counts every second on the counting process."""
+    global _sequential, _stopping
+    _stopping, _sequential = False, None
     options = environment.parsed_options
     if options is None or not options.sequential or isinstance(environment.runner,
                                                                WorkerRunner):
@@ -363,6 +418,14 @@ def _reset_counts(**_) -> None:
 # --------------------------------------------------------------------------- the verdict
 
 
+def version_samples(expected: Expectation) -> tuple[canary_analysis.VersionSample, ...]:
+    """(baseline, canary) as the analysis takes them, from what ``split`` counted."""
+    return tuple(canary_analysis.VersionSample(
+        version, requests=split.versions[version], errors=split.errors[version],
+        latencies_ms=split.latencies[version].values)
+        for version in (expected.baseline, expected.canary))
+
+
 @events.quitting.add_listener
 def _verdict(environment, **_) -> None:
     """Verify the split on the process that holds all the counts: the master, or a local run.
@@ -381,14 +444,27 @@ def _verdict(environment, **_) -> None:
                      reused=split.reused)
     error_rate = split.failures / split.requests if split.requests else 0.0
     healthy = error_rate <= MAX_ERROR_RATE
-    exit_code = verdict.exit_code if healthy else 1
+    analysis = samples = None
+    if options.analysis:
+        # The analysis judges errors per version, so the blunt 1% limit steps aside:
+        # a canary's errors are for the analysis to weigh against the baseline's.
+        samples = version_samples(expected)
+        analysis = canary_analysis.analyze(*samples,
+                                           canary_analysis.load_config(options.analysis))
+        exit_code = worst_exit_code(verdict.exit_code, analysis.exit_code)
+    else:
+        exit_code = verdict.exit_code if healthy else 1
 
     print(render(verdict))
-    print(f"\ncanary endpoint: {split.requests} calls, {split.failures} failed "
-          f"({100 * error_rate:.2f}%, limit {100 * MAX_ERROR_RATE:g}%): "
-          f"{'healthy' if healthy else 'UNHEALTHY'}; exit code {exit_code}")
+    if analysis is not None:
+        print(f"\n{canary_analysis.render(analysis)}\n\nexit code {exit_code}")
+    else:
+        print(f"\ncanary endpoint: {split.requests} calls, {split.failures} failed "
+              f"({100 * error_rate:.2f}%, limit {100 * MAX_ERROR_RATE:g}%): "
+              f"{'healthy' if healthy else 'UNHEALTHY'}; exit code {exit_code}")
     if options.report_dir:
         report = {**verdict.to_dict(),
+                  "analysis": analysis.to_dict() if analysis else None,
                   "health": {"requests": split.requests, "failures": split.failures,
                              "error_rate": error_rate, "max_error_rate": MAX_ERROR_RATE,
                              "healthy": healthy},
@@ -399,14 +475,19 @@ def _verdict(environment, **_) -> None:
         (path / "verdict.json").write_text(json.dumps(report, indent=2) + "\n")
         health = (healthy, f"{split.failures} of {split.requests} canary calls failed "
                            f"({100 * error_rate:.2f}%, limit {100 * MAX_ERROR_RATE:g}%)")
-        (path / "junit.xml").write_text(verdict_junit(verdict, health))
+        suites = [verdict_junit(verdict, None if analysis else health)]
+        if analysis is not None:
+            suites.append(analysis_junit(analysis))
+        (path / "junit.xml").write_text(junit_document(*suites))
         latency = {entry.name[len(CANARY_PATH) + 2:-1]:
                    {f"{100 * q:g}": entry.get_response_time_percentile(q)
                     for q in (0.5, 0.95, 0.99)}
                    for entry in environment.stats.entries.values()
                    if entry.name.startswith(f"{CANARY_PATH} [") and entry.num_requests
                    and entry.name != f"{CANARY_PATH} [{NO_VERSION}]"}
-        write_html(path / "report.html", verdict.to_dict(), windows, WINDOW_SECONDS, latency)
+        sections = [analysis_html(analysis, *samples)] if analysis else []
+        write_html(path / "report.html", verdict.to_dict(), windows, WINDOW_SECONDS, latency,
+                   sections)
     environment.process_exit_code = exit_code
 
     if options.csv_prefix:

@@ -330,7 +330,8 @@ def _why(chart) -> str:
 
 
 def render_html(verdict: Mapping, windows: Sequence[Mapping[str, int]], window_seconds: float,
-                latency: Mapping[str, Mapping[str, float]] | None = None) -> str:
+                latency: Mapping[str, Mapping[str, float]] | None = None,
+                sections: Sequence[str] = ()) -> str:
     """The whole page as one string."""
     status = str(verdict.get("status", "inconclusive"))
     colour = STATUS_COLOURS.get(status, "#59636e")
@@ -346,6 +347,7 @@ def render_html(verdict: Mapping, windows: Sequence[Mapping[str, int]], window_s
         f"<title>Split check: {esc(status.upper())}</title><style>{CSS}</style></head><body>",
         f'<p class="status" style="color:{colour}">{esc(status.upper())}</p>',
         f'<p class="sub">{esc(summary)}</p>',
+        *sections,
         _items("Why", verdict.get("reasons", [])),
         "<h2>Declared vs observed</h2>", _shares_table(verdict),
         "<h2>Canary share over time</h2>", _why(_share_chart),
@@ -361,10 +363,13 @@ def render_html(verdict: Mapping, windows: Sequence[Mapping[str, int]], window_s
 
 
 def write_html(path: Path, verdict: dict, windows: list[dict[str, int]], window_seconds: float,
-               latency: dict[str, dict[str, float]] | None = None) -> Path:
-    """Write report.html (``path`` is the file, or a directory to put report.html in)."""
+               latency: dict[str, dict[str, float]] | None = None,
+               sections: Sequence[str] = ()) -> Path:
+    """Write report.html (``path`` is the file, or a directory to put report.html in).
+    ``sections`` are ready-made HTML sections (the canary analysis) put on top."""
     path = Path(path)
     if path.is_dir():
         path = path / "report.html"
-    path.write_text(render_html(verdict, windows, window_seconds, latency), encoding="utf-8")
+    path.write_text(render_html(verdict, windows, window_seconds, latency, sections),
+                    encoding="utf-8")
     return path

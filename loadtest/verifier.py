@@ -562,6 +562,12 @@ def check_stickiness(windows: Sequence[Mapping[str, int]], canary: str = "v2",
 # --------------------------------------------------------------------------- the verdict
 
 
+def worst_exit_code(*codes: int) -> int:
+    """One exit code for several judgements (the split, the canary analysis): 1 when any
+    found a problem, else 2 when any could not tell yet, else 0."""
+    return 1 if 1 in codes else 2 if 2 in codes else 0
+
+
 class _Outcome:
     """What a verdict and a sequential look share: a status, its exit code, JSON."""
 

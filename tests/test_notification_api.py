@@ -62,7 +62,7 @@ def test_send_is_503_when_the_mail_server_is_down():
 def test_fault_knobs_are_off_by_default_and_reported():
     info = notification_app("v2").test_client().get("/notification/info").get_json()
     assert info["faults"] == {"error_rate": 0.0, "error_status": 503, "latency_ms": 0.0,
-                              "latency_jitter_ms": 0.0, "active": False}
+                              "latency_jitter_ms": 0.0, "latency_share": 1.0, "active": False}
 
 
 def test_error_rate_fails_requests_but_not_health_probes():
@@ -94,8 +94,21 @@ def test_latency_knob_delays_answers():
     assert client.get("/notification/info").get_json()["faults"]["active"] is True
 
 
+def test_latency_share_delays_only_that_share_of_answers():
+    import time
+
+    client = notification_app("v2", FAULT_LATENCY_MS=30.0, FAULT_LATENCY_SHARE=0.25).test_client()
+    slow = 0
+    for _ in range(80):
+        start = time.perf_counter()
+        client.get("/notification/xray")
+        slow += time.perf_counter() - start >= 0.03
+    # Binomial(80, 0.25): mean 20; outside 6..36 with probability < 1e-5.
+    assert 6 <= slow <= 36, slow
+
+
 @pytest.mark.parametrize("bad", [{"FAULT_ERROR_RATE": 1.5}, {"FAULT_ERROR_STATUS": 404},
-                                 {"FAULT_LATENCY_MS": -1.0}])
+                                 {"FAULT_LATENCY_MS": -1.0}, {"FAULT_LATENCY_SHARE": 2.0}])
 def test_bad_fault_settings_fail_at_start(bad):
     with pytest.raises(ValueError):
         notification_app("v1", **bad)

@@ -1,7 +1,9 @@
 """Fault knobs for canary experiments: errors and latency, off by default.
 
 Set per process from the environment (``FAULT_ERROR_RATE``, ``FAULT_ERROR_STATUS``,
-``FAULT_LATENCY_MS``, ``FAULT_LATENCY_JITTER_MS``), so a canary analysis can be
+``FAULT_LATENCY_MS``, ``FAULT_LATENCY_JITTER_MS``, ``FAULT_LATENCY_SHARE``: the
+share of requests that get the added latency, 1 = all; 0.02 with 20 ms moves
+only the tail, p99, which is the hard case for a canary analysis), so a canary analysis can be
 shown a bad v2 without changing its code. Health probes, metrics and the API
 document are exempt: a faulty canary should fail its users, not its probes,
 just as a real regression usually does.
@@ -24,6 +26,7 @@ class Faults:
     error_status: int = 503
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
+    latency_share: float = 1.0
 
     @classmethod
     def from_config(cls, config: dict) -> "Faults":
@@ -32,6 +35,7 @@ class Faults:
             error_status=config["FAULT_ERROR_STATUS"],
             latency_ms=config["FAULT_LATENCY_MS"],
             latency_jitter_ms=config["FAULT_LATENCY_JITTER_MS"],
+            latency_share=config["FAULT_LATENCY_SHARE"],
         )
         if not 0.0 <= faults.error_rate <= 1.0:
             raise ValueError("FAULT_ERROR_RATE must be between 0 and 1")
@@ -39,6 +43,8 @@ class Faults:
             raise ValueError("FAULT_ERROR_STATUS must be 500 or 503")
         if faults.latency_ms < 0 or faults.latency_jitter_ms < 0:
             raise ValueError("FAULT_LATENCY_MS and FAULT_LATENCY_JITTER_MS must not be negative")
+        if not 0.0 <= faults.latency_share <= 1.0:
+            raise ValueError("FAULT_LATENCY_SHARE must be between 0 and 1")
         return faults
 
     @property
@@ -55,7 +61,9 @@ class Faults:
     def _inject(self) -> None:
         if request.path.endswith(_EXEMPT_SUFFIXES):
             return
-        delay_ms = self.latency_ms + random.uniform(0, self.latency_jitter_ms)
+        delay_ms = 0.0
+        if self.latency_share >= 1.0 or random.random() < self.latency_share:
+            delay_ms = self.latency_ms + random.uniform(0, self.latency_jitter_ms)
         if delay_ms > 0:
             time.sleep(delay_ms / 1000)
         if random.random() < self.error_rate:
