@@ -30,7 +30,8 @@ canary. A step that is still "hold" after its last look ends the rollout at
 
 The last step, 100, gives v2 every pod: that is the promotion. No v1 is left to
 compare with, so that step checks the split and v2's own gates (success rate,
-p99) only.
+p99) only; v1's calls of the step before stand in as the baseline the analysis
+reports (and counts towards its minimum of samples), not as something compared.
 
 Whatever happens, the cluster is left in a known state: 0-100 when every step
 passed, 100-0 otherwise. One report for the whole rollout goes to
@@ -148,12 +149,13 @@ def cluster_running() -> bool:
 
 def run_steps(steps: list[int], total: int, args, config, timeline: list[Step]) -> str:
     """Every step in turn; "promoted" or "rolled back" (the cluster is left that way)."""
+    baseline = None  # v1's calls of the last step that had any
     for number, percent in enumerate(steps, 1):
         step = Step(percent)
         timeline.append(step)
         print(f"\n== step {number}/{len(steps)}: {percent}% of the pods to {cli.CANARY}",
               flush=True)
-        run_step(step, total, args, config)
+        baseline = run_step(step, total, args, config, baseline)
         if step.decision != "promote":
             print(f"   {step.decision.upper()}: rolling back to 100-0", flush=True)
             set_split(0, total, quiet=False)
@@ -161,7 +163,8 @@ def run_steps(steps: list[int], total: int, args, config, timeline: list[Step]) 
     return "promoted"
 
 
-def run_step(step: Step, total: int, args, config) -> None:
+def run_step(step: Step, total: int, args, config, baseline):
+    """Run one step into ``step``; return v1's calls of it (or ``baseline`` if none)."""
     begun = time.monotonic()
     step.replicas = set_split(step.percent, total)
     status = cli.control(cli.state_dir(), "status")
@@ -177,7 +180,7 @@ def run_step(step: Step, total: int, args, config) -> None:
         step.looks, step.calls = look, tally.answered + sum(tally.failures.values())
         verdict = verify(tally.versions, expectation, pods=tally.pods, windows=tally.windows)
         step.split, step.verdict = verdict.status, verdict.to_dict()
-        decision, reasons, analysed = judge_step(step, verdict, tally, config)
+        decision, reasons, analysed = judge_step(step, verdict, tally, config, baseline)
         step.decision, step.reasons = decision, reasons
         print(progress_line(step, verdict, look, args.looks), flush=True)
         if decision != "hold" or look == args.looks:
@@ -193,9 +196,13 @@ def run_step(step: Step, total: int, args, config) -> None:
     step.seconds = time.monotonic() - begun
     for reason in step.reasons[:3]:
         print(f"   - {reason}")
+    if tally.versions["v1"]:
+        return canary_analysis.VersionSample("v1", tally.versions["v1"], tally.errors["v1"],
+                                             tally.latencies["v1"])
+    return baseline
 
 
-def judge_step(step: Step, verdict, tally: demo.Tally, config):
+def judge_step(step: Step, verdict, tally: demo.Tally, config, baseline):
     """(decision, reasons, (analysis, samples) or None) for one look at a step."""
     if tally.failures:
         return "rollback", [f"{sum(tally.failures.values())} calls failed without an answer "
@@ -205,7 +212,7 @@ def judge_step(step: Step, verdict, tally: demo.Tally, config):
                             "not being tested as the manifests say:", *verdict.reasons], None
     if step.percent == 100:
         # No baseline left: the promotion step checks v2's own gates.
-        analysis, samples = gates_only(tally, config)
+        analysis, samples = gates_only(tally, config, baseline)
     else:
         analysis, samples = demo.analyse(verdict, tally, config)
     reasons = list(analysis.reasons)
@@ -224,15 +231,16 @@ def more_calls(analysed, have: int, args) -> int:
     return max(args.calls, min(wanted, args.max_calls))
 
 
-def gates_only(tally: demo.Tally, config):
-    """The analysis of v2 alone: its gates, with the comparisons switched off."""
+def gates_only(tally: demo.Tally, config, baseline):
+    """The analysis of v2 alone: its gates, with the comparisons switched off; v1's calls
+    of an earlier step (``baseline``) stand in as the baseline, uncompared."""
     off = {name: dataclasses.replace(getattr(config, name), enabled=False)
            for name in ("latency", "tail_latency", "error_rate")}
     config = dataclasses.replace(config, **off)
     canary = canary_analysis.VersionSample("v2", tally.versions["v2"], tally.errors["v2"],
                                            tally.latencies["v2"])
-    baseline = canary_analysis.VersionSample("v1", tally.versions["v1"], tally.errors["v1"],
-                                             tally.latencies["v1"])
+    baseline = baseline or canary_analysis.VersionSample(
+        "v1", tally.versions["v1"], tally.errors["v1"], tally.latencies["v1"])
     return canary_analysis.analyze(baseline, canary, config), (baseline, canary)
 
 

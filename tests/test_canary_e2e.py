@@ -105,14 +105,17 @@ def test_a_rollout_of_a_bad_canary_ends_at_100_0(cluster, tmp_path):
 
 
 def test_a_rollout_of_a_healthy_canary_ends_at_0_100(cluster, tmp_path):
-    result = cluster.run("rollout", "--scenario", "healthy", "--reports", str(tmp_path),
-                         "--keep", timeout=400)
+    # Two steps keep the test short; the default four run the same code.
+    result = cluster.run("rollout", "--scenario", "healthy", "--steps", "50,100", "--reports",
+                         str(tmp_path), "--keep", timeout=400)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     assert "rollout PROMOTED" in result.stdout
     desired = {d["name"]: d["desired"] for d in cluster.status()["deployments"]}
     assert desired["notification-v1"] == 0 and desired["notification-v2"] == 4
     rollout = report_of(tmp_path, "rollout.json")
-    assert [step["percent"] for step in rollout["timeline"]] == [25, 50, 75, 100]
+    assert [step["percent"] for step in rollout["timeline"]] == [50, 100]
     assert all(step["decision"] == "promote" for step in rollout["timeline"])
+    # The last step judges v2's gates alone: the comparisons have no v1 left.
+    assert {c["kind"] for c in rollout["timeline"][-1]["analysis"]["checks"]} == {"gate"}
     html = next(tmp_path.glob("*/rollout.html")).read_text()
-    assert "Timeline" in html and html.count("PROMOTE") >= 4
+    assert "Timeline" in html and html.count("PROMOTE") >= 2
