@@ -662,6 +662,9 @@ def parser() -> argparse.ArgumentParser:
                                   f"{seconds:g})")
         command.add_argument("--host",
                              help="user-management's base URL (default: the local cluster's)")
+        command.add_argument("--context",
+                             help="a kubectl context: --expect auto reads that cluster's "
+                                  "replica counts (give --host too)")
         command.add_argument("--reports", default="reports",
                              help="where the report folder goes")
     from canarylab import rollout

@@ -125,32 +125,50 @@ def target(args: argparse.Namespace) -> tuple[str, Expectation, dict[str, int] |
 
     The replicas are returned only for --expect auto: then the split IS the replica
     counts, and passing them lets the per-pod check notice a pod that never answered.
+    They come from the local cluster, or with ``--context`` from a real one through
+    kubectl (its user-management then needs --host: an ingress, or a port-forward).
     """
+    host = None
     if args.host:
         parts = urlsplit(args.host)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
             raise cli.CommandError(f"--host {args.host}: give user-management's base URL, like "
                                    "http://127.96.0.2:8095 (no /usermgmt: the paths carry it)", 2)
+        host = args.host.rstrip("/")
+    if args.context:
+        if not host:
+            raise cli.CommandError(
+                f"--context {args.context}: also give --host, user-management's URL as reachable "
+                "from here (the ingress, or `kubectl port-forward "
+                "service/usermgmt-restapp-service 8095` and http://127.0.0.1:8095)", 2)
+        if args.expect != "auto":
+            return host, expectation_from(args.expect, args.margin), None
+        status, where = cli.kube_status(args.context), f"context {args.context}"
+    elif host:
         if args.expect == "auto":
             raise cli.CommandError(
                 "--expect auto reads the split from the LOCAL cluster's replica counts, which "
                 f"say nothing about {args.host}: name the split that target declares, e.g. "
-                "--expect 75/25 (or drop --host to verify the local cluster)", 2)
-        return args.host.rstrip("/"), expectation_from(args.expect, args.margin), None
-
-    status = cli.control(cli.state_dir(), "status")  # "no local cluster is running" if none
-    if not status["usermgmt_url"]:
-        raise cli.CommandError("the local cluster's user-management has no address reachable "
-                               "from here; see `canarylab status`")
-    host = status["usermgmt_url"].removesuffix("/usermgmt")
-    if args.expect != "auto":
+                "--expect 75/25, or give --context for a real cluster's replica counts", 2)
         return host, expectation_from(args.expect, args.margin), None
+    else:
+        status, where = cli.control(cli.state_dir(), "status"), "the live cluster"
+        if not status["usermgmt_url"]:
+            raise cli.CommandError("the local cluster's user-management has no address "
+                                   "reachable from here; see `canarylab status`")
+        host = status["usermgmt_url"].removesuffix("/usermgmt")
+        if args.expect != "auto":
+            return host, expectation_from(args.expect, args.margin), None
+    return host, *replicas_from(status, where, args.margin)
 
+
+def replicas_from(status: dict, where: str, margin: float) -> tuple[Expectation, dict[str, int]]:
+    """--expect auto: the split the notification-v1/v2 replica counts declare."""
     deployments = {d["name"]: d for d in status["deployments"]}
     missing = [name for name in (cli.STABLE, cli.CANARY) if name not in deployments]
     if missing:
         raise cli.CommandError(f"--expect auto needs the Deployments {cli.STABLE} and "
-                               f"{cli.CANARY}; the local cluster has no {', '.join(missing)}", 2)
+                               f"{cli.CANARY}; {where} has no {', '.join(missing)}", 2)
     replicas = {deployments[name]["version"]: deployments[name]["desired"]
                 for name in (cli.STABLE, cli.CANARY)}
     for name in (cli.STABLE, cli.CANARY):
@@ -159,14 +177,14 @@ def target(args: argparse.Namespace) -> tuple[str, Expectation, dict[str, int] |
             # Not a refusal: a pod that is not ready gets no traffic, and the per-pod
             # check is there to say so. Warned here so the verdict is no surprise.
             print(f"note: {name} has {d['ready']}/{d['desired']} pods ready", file=sys.stderr)
-    check_margin(args.margin)
+    check_margin(margin)
     try:
         expected = Expectation.from_replicas(
-            replicas, source=f"the live cluster's replicas, v1 {replicas.get('v1')} / "
+            replicas, source=f"{where}'s replicas, v1 {replicas.get('v1')} / "
                              f"v2 {replicas.get('v2')}")
     except ValueError as error:
         raise cli.CommandError(f"--expect auto: {error}", 2) from None
-    return host, expected, replicas
+    return expected, replicas
 
 
 def locust_command(args: argparse.Namespace, host: str, expected: Expectation,

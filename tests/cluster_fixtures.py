@@ -157,3 +157,47 @@ def get_many(address: str, path: str, count: int, seconds: float,
 
     with ThreadPoolExecutor(threads) as pool:
         return [result for result in pool.map(one, range(count)) if result is not None]
+
+
+# -- a fake kubectl, for `--context` (no real cluster here) ---------------------------
+
+FAKE_KUBECTL = """\
+#!{python}
+import json, pathlib, sys
+here = pathlib.Path(__file__).parent
+with open(here / "calls.jsonl", "a") as calls:
+    calls.write(json.dumps(sys.argv[1:]) + "\\n")
+if "fail" in (here / "mode").read_text():
+    sys.exit("error: context was not found")
+if "get" in sys.argv:
+    print((here / "objects.json").read_text())
+"""
+
+
+def deployment(name: str, version: str, replicas: int, ready: int) -> dict:
+    labels = {"app": "notification-restapp", "version": version}
+    return {
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [
+                     {"name": name, "image": f"canarylab/{name}:1.0.0",
+                      "ports": [{"name": "http", "containerPort": 8096}]}]}}},
+        "status": {"replicas": replicas, "readyReplicas": ready} if ready else {},
+    }
+
+
+def pod(name: str, version: str, ip: str, ready: bool, restarts: int = 0,
+        waiting: str | None = None) -> dict:
+    state = {"waiting": {"reason": waiting}} if waiting else {"running": {}}
+    return {
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "notification-restapp",
+                                               "version": version,
+                                               "pod-template-hash": "5d59d67564"}},
+        "spec": {"containers": [{"name": "c", "ports": [{"name": "http",
+                                                          "containerPort": 8096}]}]},
+        "status": {"phase": "Running", "podIP": ip,
+                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                   "containerStatuses": [{"restartCount": restarts, "state": state}]},
+    }

@@ -10,11 +10,13 @@ canary declared 50/50 is caught long before its plan.
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from cluster_fixtures import OVERLAYS, LocalCluster
+from cluster_fixtures import FAKE_KUBECTL, OVERLAYS, LocalCluster, deployment
 
 from loadtest.verifier import plan_requests
 
@@ -79,6 +81,34 @@ def test_verify_with_host_checks_that_url_against_the_named_split(cluster, tmp_p
                              *TWICE_THE_PLAN)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert verdict["status"] == "verified" and verdict["source"] == "--expect"
+
+
+def test_verify_with_context_reads_a_real_clusters_replicas_through_kubectl(cluster, tmp_path):
+    # No real cluster here: a fake kubectl answers `get` with Deployments of 3 and 1 pods,
+    # and the calls go to the local cluster's user-management, standing in for the real
+    # one's ingress or port-forward.
+    fake = tmp_path / "kubectl"
+    fake.mkdir()
+    (fake / "kubectl").write_text(FAKE_KUBECTL.format(python=sys.executable))
+    (fake / "kubectl").chmod(0o755 | stat.S_IXUSR)
+    (fake / "mode").write_text("ok")
+    (fake / "objects.json").write_text(json.dumps({"kind": "List", "items": [
+        deployment("notification-v1", "v1", 3, 3), deployment("notification-v2", "v2", 1, 1)]}))
+    env = dict(cluster.env, CANARYLAB_KUBECTL=str(fake / "kubectl"))
+    result = subprocess.run([sys.executable, "-m", "canarylab", "verify", "--context", "kind-x",
+                             "--host", cluster.host, "--reports", str(tmp_path / "reports"),
+                             *TWICE_THE_PLAN], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "verifying 75/25 (context kind-x's replicas, v1 3 / v2 1)" in result.stdout
+    assert json.loads((fake / "calls.jsonl").read_text().splitlines()[0]) == [
+        "--context", "kind-x", "get", "deploy,pods,svc", "-o", "json"]
+
+
+def test_verify_with_context_needs_the_host_to_reach(cluster, tmp_path):
+    result, verdict = verify(cluster, tmp_path, "--context", "kind-x")
+    assert result.returncode == 2 and verdict is None
+    assert "also give --host" in result.stderr
 
 
 def test_verify_with_host_needs_a_named_split(cluster, tmp_path):
