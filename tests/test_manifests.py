@@ -361,3 +361,32 @@ def test_every_setting_in_the_manifests_is_in_the_readme_table():
         for key in environment(overlay, container)
     }
     assert used - documented == set()
+
+
+# --------------------------------------------------------------------------- fault scenarios
+
+FAULT_KNOBS = {"errors": {"FAULT_ERROR_RATE": "0.05", "FAULT_ERROR_STATUS": "500"},
+               "slow": {"FAULT_LATENCY_MS": "200"},
+               "subtle": {"FAULT_LATENCY_MS": "20", "FAULT_LATENCY_SHARE": "0.02"}}
+
+
+@pytest.mark.parametrize("scenario", sorted(FAULT_KNOBS))
+def test_a_fault_scenario_sets_knobs_on_the_v2_pods_only(scenario, tmp_path):
+    from canarylab.demo import scenario_overlay
+
+    folder = scenario_overlay(str(K8S / "overlays" / "75-25"), scenario, tmp_path)
+    result = subprocess.run([KUBECTL, "kustomize", folder], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    plain = [doc for doc in rendered("75-25")]
+    by_name = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    v2_env = {var["name"]: var.get("value") for var in containers(by_name["notification-v2"])[0]
+              .get("env", [])}
+    assert {k: v2_env.get(k) for k in FAULT_KNOBS[scenario]} == FAULT_KNOBS[scenario]
+    assert "POD_NAME" in v2_env  # merged into the list, not replacing it
+    # Everything else is the 75-25 overlay as it is: v1, user-management, the Services.
+    strip = copy.deepcopy(by_name["notification-v2"])
+    containers(strip)[0]["env"] = [var for var in containers(strip)[0]["env"]
+                                   if var["name"] not in FAULT_KNOBS[scenario]]
+    assert [strip if d is by_name["notification-v2"] else d for d in docs] == list(plain)
