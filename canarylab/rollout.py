@@ -333,10 +333,12 @@ def render_html(timeline: list[Step], outcome: str) -> str:
             f"<td>{esc(observed)}</td><td>{esc(step.split)}</td><td>{step.looks}</td>"
             f"<td>{step.calls}</td><td>{step.seconds:.0f} s</td>"
             f'<td style="color:{shade};font-weight:bold">{esc(step.decision.upper())}</td>'
-            f"<td>{esc(step.reasons[0] if step.reasons else '')}</td></tr>")
+            f"<td>{esc(headline(step))}</td></tr>")
     details = []
     for step in timeline:
-        reasons = "".join(f"<li>{esc(reason)}</li>" for reason in step.reasons)
+        # The analysis section lists its own reasons; here only what the step adds.
+        own = [r for r in step.reasons if r not in (step.analysis or {}).get("reasons", [])]
+        reasons = "".join(f"<li>{esc(reason)}</li>" for reason in own)
         details.append(f"<h2>Step {step.percent}%: {esc(step.decision)}</h2>"
                        f'<ul class="reasons">{reasons}</ul>{step.html}')
     return "\n".join([
@@ -349,6 +351,12 @@ def render_html(timeline: list[Step], outcome: str) -> str:
         "<th>looks</th><th>calls</th><th>time</th><th>decision</th><th>why</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>",
         *details, "</body></html>\n"])
+
+
+def headline(step: Step) -> str:
+    """The first reason's first clause: what the timeline shows for a step."""
+    first = step.reasons[0] if step.reasons else ""
+    return first.split(" (alpha")[0]
 
 
 def add_parser(commands) -> None:
