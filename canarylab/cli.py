@@ -278,8 +278,11 @@ def cmd_status(args: argparse.Namespace) -> None:
                 [[p["name"], "yes" if p["ready"] else "no", p["status"], p["restarts"],
                   p["ip"] or "-"] for p in status["pods"]]))
     print()
-    print(table(["SERVICE", "ADDRESS", "ENDPOINTS"],
-                [[s["name"], s["address"], ", ".join(s["endpoints"]) or "(none ready)"]
+    # PROXY: how the local cluster sends a Service's traffic to its pods: "iptables" (in
+    # the kernel, like kube-proxy; needs root) or "userspace" (canarylab/proxy.py).
+    print(table(["SERVICE", "ADDRESS", "ENDPOINTS", "PROXY"],
+                [[s["name"], s["address"], ", ".join(s["endpoints"]) or "(none ready)",
+                  s.get("proxy", "kube-proxy" if args.context else "userspace")]
                  for s in status["services"]]))
     print()
     print(f"user-management: {status['usermgmt_url'] or '(no address reachable from here)'}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import secrets
 import shutil
 import subprocess
 import sys
@@ -28,10 +29,13 @@ PLATFORMS = ["kind", "eks"]  # replica-count splits; kind also serves minikube
 MESHES = ["istio", "gateway-api"]  # exact weights, built on k8s/kind/50-50
 ENTRY_POINTS = [f"{group}/{split}" for group in PLATFORMS + MESHES for split in SPLITS]
 
-# What a user would put into the env files; recognisable, so a leak would show.
+# What a user would put into the env files; recognisable, so a leak would show. The
+# passwords are new each session: a secret value of a render that is also in a
+# git-tracked file can then only be one the manifests hard-code (the scan in
+# test_production_manifests.py), never these test values written down here.
 TEST_VALUES = {
-    "DB_PASSWORD": "test-db-password-7Qx",
-    "AWS_MAIL_SERVER_PASSWORD": "test-smtp-password-7Qx",
+    "DB_PASSWORD": f"test-db-password-{secrets.token_hex(4)}",
+    "AWS_MAIL_SERVER_PASSWORD": f"test-smtp-password-{secrets.token_hex(4)}",
     "AWS_MAIL_SERVER_USERNAME": "test-smtp-user",
     "AWS_MAIL_SERVER_FROM_ADDRESS": "canary@example.com",
     "RDS_ENDPOINT": "usermgmtdb.abcdefghij.us-east-1.rds.amazonaws.com",
