@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint lock demo bench bench-chain bench-client bench-proxy bench-sequential bench-locust wrk clean
+.PHONY: install test test-all lint lock demo bench bench-chain bench-client bench-proxy bench-sequential bench-locust bench-memory bench-instructions wrk valgrind clean
 
 install: $(STAMP)
 
@@ -37,7 +37,7 @@ demo: install
 
 # Benchmarks (bench/README.md). They need wrk: Debian's package, installed here
 # when missing (as root).
-bench: bench-chain bench-client bench-proxy bench-sequential bench-locust
+bench: bench-chain bench-client bench-proxy bench-sequential bench-locust bench-memory
 
 bench-chain: install wrk
 	$(BIN)/python bench/chain_bench.py
@@ -53,6 +53,17 @@ bench-sequential: install
 
 bench-locust: install
 	$(BIN)/python bench/locust_cost.py
+
+# Memory of one replica of each service (master + workers, RSS and PSS).
+bench-memory: install
+	$(BIN)/python bench/memory_bench.py
+
+# Instructions per request (callgrind): the repeatable measure on a busy machine.
+bench-instructions: install valgrind
+	$(BIN)/python bench/request_instructions.py
+
+valgrind:
+	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
 
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

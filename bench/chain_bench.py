@@ -54,28 +54,47 @@ def free_port() -> int:
 
 
 @contextmanager
-def udp_drain():
-    """A UDP socket that receives and drops segments: the daemon's side, minus its work."""
+def udp_drain(batch_seconds: float = 0.0):
+    """A UDP socket that receives and drops segments: the daemon's side, minus its work.
+
+    With ``batch_seconds`` 0, one blocking ``recv_into`` per datagram: the reading
+    thread wakes for every segment, and those wake-ups (two per chain request)
+    compete with the workers for the two cores. With ``batch_seconds`` > 0 it
+    sleeps that long and then reads everything waiting, as a busy daemon's
+    event loop does (the X-Ray daemon reads in a loop until the socket is empty).
+    Either way every datagram is received; an empty one from the bench says stop.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
     sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.2)
-    stop = threading.Event()
+    address = sock.getsockname()
     received = [0]
+    buffer = bytearray(65535)
 
-    def drain():
-        while not stop.is_set():
-            try:
-                sock.recv(65535)
+    def drain_each():
+        while sock.recv_into(buffer):
+            received[0] += 1
+
+    def drain_batches():
+        sock.setblocking(False)
+        while True:
+            time.sleep(batch_seconds)
+            while True:
+                try:
+                    if not sock.recv_into(buffer):
+                        return
+                except BlockingIOError:
+                    break
                 received[0] += 1
-            except TimeoutError:
-                pass
 
-    thread = threading.Thread(target=drain, daemon=True)
+    thread = threading.Thread(target=drain_batches if batch_seconds else drain_each,
+                              daemon=True)
     thread.start()
     try:
-        yield f"127.0.0.1:{sock.getsockname()[1]}", received
+        yield f"127.0.0.1:{address[1]}", received
     finally:
-        stop.set()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stopper:
+            stopper.sendto(b"", address)
         thread.join()
         sock.close()
 
@@ -145,6 +164,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--daemon-batch", type=float, default=0.0, metavar="SECONDS",
+                        help="the stand-in daemon reads what waits every SECONDS instead of "
+                             "waking for each segment (0: each)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
@@ -152,7 +174,7 @@ def main() -> int:
 
     results: dict[str, list[float]] = {"hello": [], "traced": [], "untraced": []}
     with tempfile.TemporaryDirectory(prefix="canarylab-bench-") as tmpdir, \
-            udp_drain() as (daemon, segments):
+            udp_drain(args.daemon_batch) as (daemon, segments):
         tmp = Path(tmpdir)
         (tmp / "hello_app.py").write_text(HELLO_APP)
         hello_port = free_port()

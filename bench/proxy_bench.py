@@ -6,6 +6,10 @@ three ways, alternating round by round so that machine noise hits all alike:
 - direct:   wrk -> pod
 - proxy:    wrk -> canarylab.proxy.ServiceProxy -> pod
 - streams:  wrk -> a plain asyncio-streams proxy -> pod (the naive baseline)
+- iptables: wrk -> a Service address that canarylab.proxy.IptablesServices
+            DNATs in the kernel to a second pod of the same app (kube-proxy's
+            iptables mode, what the local cluster uses when it runs as root);
+            left out where iptables cannot be used
 
 It reports each proxy's throughput as a ratio of direct, and the proxy process's
 own CPU time per request (user + system, from /proc), the steadier number on a
@@ -45,8 +49,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 POD_ADDRESS = "127.0.0.11"
+# The iptables target's own pod, the same app: wrk's connections rewritten to
+# POD_ADDRESS would meet the TIME_WAIT sockets its direct rounds leave behind
+# (same four addresses and ports, other TCP timestamps), and the pod's kernel
+# drops such SYNs: stalls of a second that are the benchmark's, not the mode's.
+IPTABLES_POD_ADDRESS = "127.0.0.12"
 PROXY_ADDRESS = "127.0.0.21"
-TARGETS = ("direct", "proxy", "streams")
+TARGETS = ("direct", "proxy", "streams", "iptables")
+IPTABLES_ADDRESS = "127.0.0.23"
+IPTABLES_CHAIN = f"CANARYLAB-BENCH-{os.getpid()}"
 
 
 # -- the pod ----------------------------------------------------------------------------
@@ -64,9 +75,9 @@ def create_app():
     return app
 
 
-def pod_command(args, port: int) -> tuple[list[str], dict]:
+def pod_command(args, port: int, address: str = POD_ADDRESS) -> tuple[list[str], dict]:
     gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-    bind = f"{POD_ADDRESS}:{port}"
+    bind = f"{address}:{port}"
     if args.app == "notification":
         # The real app with its real gunicorn settings and tracing on; segments go
         # to a loopback port where nothing listens, as with no daemon running.
@@ -179,6 +190,8 @@ def report(results: dict, modes: list[str], args) -> None:
     for mode in modes:
         directs = [rate for rate, _ in results[(mode, "direct")]]
         for name in TARGETS:
+            if (mode, name) not in results:
+                continue
             runs = results[(mode, name)]
             rates = [rate for rate, _ in runs]
             # Ratios pair each run with the direct run of the same round.
@@ -186,6 +199,7 @@ def report(results: dict, modes: list[str], args) -> None:
             spread = cost = ""
             if name != "direct":
                 spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+            if runs[0][1] is not None:  # a proxy process of its own (not the kernel)
                 cost = f"{statistics.median(c for _, c in runs):6.0f} us/req"
             print(f"{mode:11}{name:9}{statistics.median(rates):7.0f}"
                   f"{statistics.median(ratios):7.2f}  {spread:12}{cost:>11}")
@@ -256,23 +270,48 @@ def main() -> int:
     modes = ["new conn"] + (["keep-alive"] if args.worker_class == "gthread" else [])
     pod = (POD_ADDRESS, free_port(POD_ADDRESS))
     processes = [start(*pod_command(args, pod[1]))]
+    iptables = None
     try:
         wait_listening(pod, processes[0])
         targets = {"direct": (f"http://{pod[0]}:{pod[1]}{args.path}", None)}
-        for impl in TARGETS[1:]:
+        for impl in ("proxy", "streams"):
             listen = (PROXY_ADDRESS, free_port(PROXY_ADDRESS))
             process = start([sys.executable, __file__, "--serve", impl, "--loop", args.loop,
                              "--listen", f"{listen[0]}:{listen[1]}", "--pod", f"{pod[0]}:{pod[1]}"])
             processes.append(process)
             wait_listening(listen, process)
             targets[impl] = (f"http://{listen[0]}:{listen[1]}{args.path}", process.pid)
+        kernel_pod = (IPTABLES_POD_ADDRESS, pod[1])
+        processes.append(start(*pod_command(args, pod[1], IPTABLES_POD_ADDRESS)))
+        wait_listening(kernel_pod, processes[-1])
+        iptables = kernel_service(kernel_pod)
+        if iptables is not None:
+            targets["iptables"] = (f"http://{IPTABLES_ADDRESS}:{pod[1]}{args.path}", None)
         for url, _ in targets.values():  # warm up: workers import lazily, caches fill
             wrk(url, 1, args.connections, keepalive=False)
         report(measure(targets, modes, args), modes, args)
     finally:
+        if iptables is not None:
+            iptables.remove()
         for process in reversed(processes):
             stop(process)
     return 0
+
+
+def kernel_service(pod: tuple[str, int]):
+    """The pod behind a Service address in the kernel, as the local cluster does as root."""
+    from canarylab.proxy import IptablesServices, IptablesUnavailable
+
+    iptables = IptablesServices(IPTABLES_CHAIN, f"{IPTABLES_ADDRESS}/32")
+    try:
+        iptables.check()
+        iptables.install()
+        iptables.sync({(IPTABLES_ADDRESS, pod[1]): [pod]})
+    except IptablesUnavailable as error:
+        iptables.remove()
+        print(f"(no iptables target: {error})", file=sys.stderr)
+        return None
+    return iptables
 
 
 if __name__ == "__main__":

@@ -18,7 +18,13 @@ asyncio loop:
   TIME_SCALE); restarts are counted;
 - a Service and kube-proxy: a canarylab.proxy.ServiceProxy on the Service's own
   address; its endpoints are the READY pods whose labels the selector matches
-  (never their names);
+  (never their names). Where iptables can be used (root, the iptables command),
+  the connections do not even reach that proxy: as kube-proxy's iptables mode
+  does, NAT rules in a chain of this cluster's own (canarylab.proxy.IptablesServices)
+  send each new connection to a random ready endpoint in the kernel, and the
+  proxy only answers a Service with no ready endpoint. ``CANARYLAB_PROXY_MODE``
+  (``auto``, the default; ``iptables``; ``userspace``) chooses; `canarylab status`
+  says which mode runs;
 - cluster DNS: resolved once, when a container starts: settings that hold a host
   name (images.HOST_SETTINGS) naming a Service get the Service's address;
 - emptyDir volumes: a directory per pod that survives restarts but not the pod; a
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import json
 import logging
@@ -41,6 +48,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -48,7 +56,7 @@ from pathlib import Path
 
 from canarylab import images, manifests
 from canarylab.mail import MailSink
-from canarylab.proxy import ServiceProxy
+from canarylab.proxy import IptablesServices, IptablesUnavailable, ServiceProxy
 from canarylab.xray import XRayCollector, write_segments
 
 # Every probe period and delay, grace period and restart back-off of the manifests
@@ -70,6 +78,11 @@ DEFAULT_SMTP_ADDRESS = "127.0.0.1:1025"
 
 # Set in every process of a cluster, so `down` can find what is left of it.
 MARKER = "CANARYLAB_CLUSTER"
+
+# How Services reach their pods: "auto" (iptables where it can, else userspace),
+# "iptables" (fail if it cannot) or "userspace" (the Python proxy only).
+PROXY_MODE_SETTING = "CANARYLAB_PROXY_MODE"
+PROXY_MODES = ("auto", "iptables", "userspace")
 
 log = logging.getLogger("canarylab.cluster")
 
@@ -243,12 +256,22 @@ def localize(env: dict[str, str], pod: Pod, dns: dict[str, str],
     return env
 
 
+# Where probes come from, as the kubelet probes from the node's own address.
+# Not 127.0.0.1, which every pod's calls to a Service come from: the pod closes
+# each probe connection first, and its TIME_WAIT socket for (pod, 127.0.0.1:port)
+# could meet a later Service connection that iptables mode rewrote to the same
+# four addresses and ports, whose SYN the pod's kernel may then drop (a stall of
+# a second, the SYN's retry). A source of their own keeps probes out of the way.
+PROBE_SOURCE = "127.0.0.2"
+
+
 async def http_probe(host: str, port: int, path: str, timeout: float) -> bool:
     """The kubelet's httpGet probe: success is a status from 200 to 399."""
     writer = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port,
+                                                           local_addr=(PROBE_SOURCE, 0))
             writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n"
                          "User-Agent: kube-probe/1.37\r\n\r\n".encode())
             status_line = await reader.readline()
@@ -295,6 +318,9 @@ class Cluster:
         service_ips = loopback_network(settings.service_network).hosts()
         self.service_ips = {name: str(next(service_ips)) for name in sorted(spec.services)}
         self.proxies: dict[str, ServiceProxy] = {}
+        self.proxy_mode = "userspace"
+        self.iptables: IptablesServices | None = None
+        self.janitor: subprocess.Popen | None = None
         self.collector: XRayCollector | None = None
         self.mail_sink: MailSink | None = None
         self.stopped = asyncio.Event()
@@ -317,14 +343,47 @@ class Cluster:
             self.proxies[name] = proxy
             await listen(proxy, f"Service {name} ({proxy.host}:{proxy.port})",
                          "is another cluster on that network? see --service-network")
+        self.start_iptables(os.environ.get(PROXY_MODE_SETTING, "auto"))
         for name in self.spec.deployments:
             self.reconcile(name)
+
+    def start_iptables(self, wanted: str) -> None:
+        """Move the Services into the kernel, as kube-proxy's iptables mode, if asked and able."""
+        if wanted not in PROXY_MODES:
+            raise StartError(f"{PROXY_MODE_SETTING}={wanted}: expected one of "
+                             f"{', '.join(PROXY_MODES)}")
+        if wanted == "userspace":
+            return
+        iptables = IptablesServices(iptables_chain(self.state), self.settings.service_network)
+        try:
+            iptables.check()
+            iptables.install()
+        except IptablesUnavailable as error:
+            if wanted == "iptables":
+                raise StartError(f"iptables mode is not possible here: {error}") from None
+            log.info("Services run as userspace proxies (iptables: %s)", error)
+            return
+        self.iptables, self.proxy_mode = iptables, "iptables"
+        self.janitor = start_janitor(iptables)
+        log.info("Services run as iptables rules in chain %s", iptables.chain)
+        self.sync_endpoints()
+
+    def stop_iptables(self) -> None:
+        if self.iptables is None:
+            return
+        self.iptables.remove()
+        self.iptables = None
+        if self.janitor is not None:
+            self.janitor.kill()  # its work is done; killed, it does nothing more
+            self.janitor.wait()
+            self.janitor.stdin.close()
 
     async def stop(self) -> None:
         """Delete every pod, then close Services and stand-ins."""
         for name in self.replicas:
             self.replicas[name] = 0
         await asyncio.gather(*(self.delete_pod(pod) for pod in list(self.pods)))
+        self.stop_iptables()
         for proxy in self.proxies.values():
             await proxy.stop()
         if self.collector:
@@ -524,8 +583,15 @@ class Cluster:
         return found
 
     def sync_endpoints(self) -> None:
+        ready = {name: self.endpoints(name) for name in self.proxies}
         for name, proxy in self.proxies.items():
-            proxy.set_endpoints(self.endpoints(name))
+            proxy.set_endpoints(ready[name])
+        if self.iptables is not None:
+            try:
+                self.iptables.sync({self.proxies[name].address: endpoints
+                                    for name, endpoints in ready.items()})
+            except IptablesUnavailable as error:  # the rules stay as they were
+                log.error("cannot update the Services' iptables rules: %s", error)
 
     # -- what the command line asks --
 
@@ -544,12 +610,16 @@ class Cluster:
             "name": name,
             "address": f"{self.service_ips[name]}:{spec.ports[0].port}",
             "endpoints": [f"{ip}:{port}" for ip, port in self.endpoints(name)],
+            "proxy": self.proxy_mode,
         } for name, spec in self.spec.services.items()]
         return {
             "deployments": deployments,
             "pods": [pod.status() for pod in sorted(self.pods, key=lambda p: p.name)],
             "services": services,
             "usermgmt_url": self.usermgmt_url(),
+            # How Services reach pods here: "iptables" (kernel NAT rules, as
+            # kube-proxy) or "userspace" (canarylab.proxy.ServiceProxy).
+            "proxy_mode": self.proxy_mode,
         }
 
     def usermgmt_url(self) -> str | None:
@@ -629,22 +699,59 @@ async def supervise(state: StateDir) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: loop.create_task(cluster.stop()))
     try:
-        await cluster.start()
-    except StartError as error:
-        log.error("%s", error)
-        await cluster.stop()
-        raise SystemExit(1) from None
-    server = await asyncio.start_unix_server(cluster.handle, path=str(state.socket))
-    state.pid_file.write_text(f"{os.getpid()}\n")
-    log.info("cluster running; control socket %s", state.socket)
-    await cluster.stopped.wait()
-    server.close()
+        try:
+            await cluster.start()
+        except StartError as error:
+            log.error("%s", error)
+            await cluster.stop()
+            raise SystemExit(1) from None
+        server = await asyncio.start_unix_server(cluster.handle, path=str(state.socket))
+        state.pid_file.write_text(f"{os.getpid()}\n")
+        log.info("cluster running; control socket %s", state.socket)
+        await cluster.stopped.wait()
+        server.close()
+    finally:
+        cluster.stop_iptables()  # whatever ended the supervisor: no rule outlives it
     state.socket.unlink(missing_ok=True)
     state.pid_file.unlink(missing_ok=True)
     log.info("cluster stopped")
 
 
+# -- iptables rules that outlive nothing --------------------------------------------
+
+
+def iptables_chain(state: StateDir) -> str:
+    """The cluster's own chain: named after its state directory, so clusters of
+    parallel test runs never share one (iptables allows 28 characters)."""
+    return "CANARYLAB-" + hashlib.sha256(str(state.path).encode()).hexdigest()[:16].upper()
+
+
+def start_janitor(iptables: IptablesServices) -> subprocess.Popen:
+    """A small process that removes the rules once the supervisor is gone, however.
+
+    It waits for the end of a pipe whose other end only the supervisor holds:
+    the kernel closes that end when the supervisor exits for any reason, even
+    SIGKILL, when no code of its own can run. It carries no cluster MARKER, so
+    `down` leaves it alone; on a clean stop the supervisor removes the rules and
+    kills it.
+    """
+    env = {key: value for key, value in os.environ.items() if key != MARKER}
+    return subprocess.Popen(
+        [sys.executable, "-m", "canarylab.cluster", "--janitor", iptables.chain,
+         iptables.network],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, start_new_session=True)
+
+
+def janitor(chain: str, network: str) -> None:
+    sys.stdin.buffer.read()  # returns when the supervisor's end of the pipe closes
+    IptablesServices(chain, network).remove()
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--janitor"]:
+        janitor(*argv[1:3])
+        return
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(message)s")
     asyncio.run(supervise(StateDir(Path(argv[0]))))

@@ -1,4 +1,11 @@
-"""A Kubernetes Service on one machine: a TCP proxy that balances per connection.
+"""A Kubernetes Service on one machine: kernel NAT rules, or a TCP proxy, per connection.
+
+Two ways, as kube-proxy has several modes. `IptablesServices` (at the end of
+this file) is kube-proxy's own iptables mode: DNAT rules, the kernel moves the
+bytes; the local cluster uses it where it can (root). `ServiceProxy` does the
+same job in user space, where iptables cannot be used (a laptop without root),
+and answers for a Service with no ready endpoint in both modes. The rest of
+this docstring is about `ServiceProxy`.
 
 On a cluster a Service is a virtual IP, and kube-proxy programs the kernel so that
 every NEW TCP connection to it is sent to one ready pod:
@@ -41,9 +48,12 @@ import collections
 import contextlib
 import errno
 import logging
+import os
 import random
+import shutil
 import socket
 import struct
+import subprocess
 from collections.abc import Iterable
 
 from canarylab.background import serve_in_thread
@@ -397,3 +407,102 @@ def _close(loop: asyncio.AbstractEventLoop, sock: socket.socket, reset: bool = F
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
     sock.close()
+
+
+# -- kube-proxy's iptables mode ---------------------------------------------------
+
+
+class IptablesUnavailable(Exception):
+    """This machine cannot do what IptablesServices needs (not root, no iptables...)."""
+
+
+class IptablesServices:
+    """Services the way kube-proxy's iptables mode makes them: in the kernel.
+
+    kube-proxy moves no bytes. For each Service it writes NAT rules that send
+    each NEW connection to the Service's address to one ready endpoint, chosen
+    at random, by rewriting the destination (DNAT); the kernel's connection
+    tracking then keeps every later packet of that connection on the same pod.
+    With n endpoints the rules are tried in order, and rule i matches with
+    probability 1/(n - i), so each endpoint gets 1/n of the connections and the
+    last rule always matches::
+
+        -A CHAIN -d 127.96.0.1/32 -p tcp --dport 8096 -m statistic --mode random
+           --probability 0.25 -j DNAT --to-destination 127.244.0.2:8096
+        ... 0.333, 0.5, then the fourth endpoint with no probability
+
+    The rules live in one chain of the ``nat`` table of our own (``chain``, named
+    after the cluster, so two clusters on one machine never touch each other's),
+    reached from ``OUTPUT`` for connections to the Service network: every
+    connection here starts on this machine, so OUTPUT is where they pass.
+    A Service with no ready endpoint has no rule, and its connections go on to
+    the Service address itself (where `ServiceProxy` answers them with a reset,
+    as kube-proxy rejects them).
+
+    Each `sync` replaces the whole chain in one ``iptables-restore --noflush``
+    transaction, as kube-proxy does: no connection ever sees half a rule set.
+    Connections already open keep their pod. Needs root (CAP_NET_ADMIN) and the
+    iptables command; `check` says whether this machine has them.
+    """
+
+    def __init__(self, chain: str, network: str):
+        self.chain = chain
+        self.network = network  # the Service network, e.g. 127.96.0.0/24
+        self._jump = ["OUTPUT", "-d", network, "-p", "tcp", "-j", chain]
+
+    @staticmethod
+    def check() -> None:
+        """Raise IptablesUnavailable, saying why, unless iptables can be used here."""
+        if os.geteuid() != 0:
+            raise IptablesUnavailable("not root")
+        for command in ("iptables", "iptables-restore"):
+            if shutil.which(command) is None:
+                raise IptablesUnavailable(f"no {command} command")
+
+    def install(self) -> None:
+        """Create (or empty) the chain and send the Service network's connections to it."""
+        self._restore([])
+        if self._iptables("-C", *self._jump, check=False).returncode != 0:
+            self._iptables("-I", *self._jump)
+
+    def sync(self, services: dict[Endpoint, Iterable[Endpoint]]) -> None:
+        """Make the rules say: Service address -> one of these ready endpoints."""
+        rules = []
+        for (host, port), endpoints in sorted(services.items()):
+            endpoints = list(endpoints)
+            for index, (pod_host, pod_port) in enumerate(endpoints):
+                rule = f"-A {self.chain} -d {host}/32 -p tcp -m tcp --dport {port}"
+                remaining = len(endpoints) - index
+                if remaining > 1:
+                    rule += (" -m statistic --mode random"
+                             f" --probability {1 / remaining:.11f}")
+                rules.append(f"{rule} -j DNAT --to-destination {pod_host}:{pod_port}")
+        self._restore(rules)
+
+    def remove(self) -> None:
+        """Take every rule and the chain away; safe to call when they are gone already."""
+        with contextlib.suppress(IptablesUnavailable):
+            while self._iptables("-D", *self._jump, check=False).returncode == 0:
+                pass
+            self._iptables("-F", self.chain, check=False)
+            self._iptables("-X", self.chain, check=False)
+
+    def _restore(self, rules: list[str]) -> None:
+        # Declaring the chain (":NAME - [0:0]") empties it; --noflush keeps every other.
+        text = "\n".join(["*nat", f":{self.chain} - [0:0]", *rules, "COMMIT", ""])
+        self._run(["iptables-restore", "-w", "5", "--noflush"], text)
+
+    def _iptables(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self._run(["iptables", "-w", "5", "-t", "nat", *args], None, check)
+
+    @staticmethod
+    def _run(command: list[str], stdin: str | None,
+             check: bool = True) -> subprocess.CompletedProcess:
+        try:
+            result = subprocess.run(command, input=stdin, capture_output=True, text=True,
+                                    timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise IptablesUnavailable(f"{command[0]}: {error}") from None
+        if check and result.returncode != 0:
+            raise IptablesUnavailable(f"{' '.join(command[:2])}: {result.stderr.strip()}")
+        return result

@@ -14,6 +14,8 @@ import logging
 from flask import Flask, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
+from servicekit import tracing
+
 log = logging.getLogger(__name__)
 
 
@@ -83,8 +85,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):
-        # Logged with its traceback for the operator; the client gets no details.
+        # Logged with its traceback for the operator, and put on the request's
+        # X-Ray segment as its cause; the client gets no details.
         log.exception("unhandled error")
+        tracing.record_exception(error)
         return error_response(ApiError(500, "internal error"))
 
     # APIFlask routes input-validation failures through its error processor.

@@ -44,6 +44,10 @@ def init_metrics(app: Flask, service: str, version: str) -> None:
     def _start_timer():
         g.metrics_start = time.perf_counter()
 
+    # The counter and histogram of each label set, looked up once: prometheus
+    # takes a lock and builds a key for every .labels() call.
+    series: dict[tuple, tuple] = {}
+
     @app.after_request
     def _observe(response):
         start = g.get("metrics_start")
@@ -51,8 +55,10 @@ def init_metrics(app: Flask, service: str, version: str) -> None:
             # The route's pattern, not the raw path, keeps the label set small.
             rule = request.url_rule.rule if request.url_rule else "unmatched"
             labels = (service, version, request.method, rule, str(response.status_code))
-            REQUESTS.labels(*labels).inc()
-            LATENCY.labels(*labels).observe(time.perf_counter() - start)
+            counter, histogram = series.get(labels) or series.setdefault(
+                labels, (REQUESTS.labels(*labels), LATENCY.labels(*labels)))
+            counter.inc()
+            histogram.observe(time.perf_counter() - start)
         return response
 
     @app.get("/metrics")
