@@ -158,6 +158,8 @@ import numpy as np
 import yaml
 from scipy import stats
 
+from loadtest.verifier import json_ready
+
 DEFAULT_CONFIG = Path(__file__).with_name("analysis.yaml")
 EXIT_CODES = {"promote": 0, "rollback": 1, "hold": 2}  # the split verifier's convention
 PASS, FAIL, NO_DATA = "pass", "fail", "not enough data"
@@ -447,22 +449,7 @@ class Analysis:
         data["exit_code"] = self.exit_code
         data["needed"] = self.needed
         data["rows"] = [list(row) for row in check_rows(self)]
-        return _plain(data)
-
-
-def _plain(value):
-    """JSON-ready: tuples as lists, numpy numbers as Python ones, inf/nan as None."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    return value
+        return json_ready(data)
 
 
 # --------------------------------------------------------------------------- statistics

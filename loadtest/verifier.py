@@ -580,7 +580,7 @@ class _Outcome:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["exit_code"] = self.exit_code
-        return _plain(data)
+        return json_ready(data)
 
 
 @dataclass
@@ -617,12 +617,12 @@ class Verdict(_Outcome):
         return {**super().to_dict(), "tests": [list(row) for row in test_rows(self)]}
 
 
-def _plain(value):
+def json_ready(value):
     """JSON-ready: tuples as lists, numpy numbers as Python ones, inf/nan as None."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, bool | np.bool_):
         return bool(value)
     if isinstance(value, int | np.integer):

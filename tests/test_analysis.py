@@ -10,11 +10,11 @@ import json
 import math
 import time
 from dataclasses import replace
-from html.parser import HTMLParser
 from xml.etree import ElementTree
 
 import numpy as np
 import pytest
+from html_page import Page
 
 from loadtest.analysis import (
     DEFAULT_CONFIG,
@@ -224,19 +224,6 @@ def test_a_missing_file_says_so(tmp_path):
 
 
 # --------------------------------------------------------------------------- outputs
-
-
-class Page(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[str] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-
-    def handle_data(self, data):
-        self.text.append(data)
 
 
 def test_outputs_show_the_decision_and_escape_what_came_from_the_data():

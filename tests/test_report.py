@@ -1,26 +1,12 @@
 """report.html: one self-contained page that shows the verdict and the charts behind it."""
 
-from html.parser import HTMLParser
+
+from html_page import Page
 
 from loadtest.report import write_html
 from loadtest.verifier import Expectation, verify
 
 LATENCY = {"v1": {"50": 12.0, "95": 40.0, "99": 80.0}, "v2": {"50": 15.0, "95": 55.0, "99": 120.0}}
-
-
-class Page(HTMLParser):
-    """Collects the tags and the text a browser would show."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[str] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-
-    def handle_data(self, data):
-        self.text.append(data)
 
 
 def parse(path) -> tuple[Page, str]:
