@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
 import os
 import shutil
@@ -157,8 +158,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     try:
         rendered = manifests.render(overlay)
         spec = manifests.parse(rendered)
-        for network in (args.pod_network, args.service_network):
-            loopback_network(network)
+        check_networks(args.pod_network, args.service_network)
     except ValueError as error:  # manifests.Unsupported is a ValueError
         raise CommandError(f"refused: {error}", 2) from None
     for notice in spec.notices:
@@ -181,6 +181,20 @@ def cmd_up(args: argparse.Namespace) -> None:
     print(xray)
     print(f"mail: smtp {settings.smtp_address}")
     print("stop it with `canarylab down`")
+
+
+def check_networks(pod_network: str, service_network: str) -> None:
+    """Both inside 127.0.0.0/8, apart, and clear of 127.0.0.1 and 127.0.0.2: in iptables
+    mode every connection to the Service network is rewritten, so it must hold nothing
+    else the machine talks to (127.0.0.1 is everybody's; 127.0.0.2 is the probes')."""
+    pods, services = loopback_network(pod_network), loopback_network(service_network)
+    if pods.overlaps(services):
+        raise ValueError(f"the pod network {pods} and the Service network {services} overlap")
+    for network in (pods, services):
+        for taken in ("127.0.0.1", "127.0.0.2"):
+            if ipaddress.ip_address(taken) in network:
+                raise ValueError(f"{network} holds {taken}, which is not the cluster's to use: "
+                                 "pick a network such as 127.244.0.0/24")
 
 
 def make_settings(args: argparse.Namespace, overlay: Path) -> Settings:
@@ -657,9 +671,6 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--max-requests", type=int, default=None,
                              help=f"stop after this many canary calls (default {calls}; "
                                   "0: only --seconds stops the run)")
-        command.add_argument("--sequential", action="store_true",
-                             help="look all along and stop at the first decision of the "
-                                  "anytime-valid split test (ceiling: 3x the plan)")
         command.add_argument("--seconds", type=float, default=seconds,
                              help=f"stop after this long, whatever the count (default "
                                   f"{seconds:g})")
@@ -673,7 +684,13 @@ def parser() -> argparse.ArgumentParser:
     from canarylab import rollout
 
     rollout.add_parser(commands)
+    # Not for analyze: the split is decided after about a thousand calls, long before the
+    # canary's p99 can be judged, so stopping there would end nearly every run in "hold".
+    verify.add_argument("--sequential", action="store_true",
+                        help="look all along and stop at the first decision of the "
+                             "anytime-valid split test (ceiling: 3x the plan)")
     verify.set_defaults(analysis=None)
+    analyze.set_defaults(sequential=False)
     analyze.add_argument("--analysis", default=None, metavar="FILE",
                          help="the checks and thresholds (default loadtest/analysis.yaml)")
     analyze.set_defaults(run=verify_command, analyze=True)

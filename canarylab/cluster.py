@@ -354,11 +354,13 @@ class Cluster:
                              f"{', '.join(PROXY_MODES)}")
         if wanted == "userspace":
             return
-        iptables = IptablesServices(iptables_chain(self.state), self.settings.service_network)
+        network = str(loopback_network(self.settings.service_network))
+        iptables = IptablesServices(iptables_chain(self.state), network)
         try:
             iptables.check()
             iptables.install()
         except IptablesUnavailable as error:
+            iptables.remove()  # an install cut short may have made the chain already
             if wanted == "iptables":
                 raise StartError(f"iptables mode is not possible here: {error}") from None
             log.info("Services run as userspace proxies (iptables: %s)", error)

@@ -71,6 +71,11 @@ class Tally:
     def answered(self) -> int:
         return sum(self.versions.values())
 
+    def sample(self, version: str) -> canary_analysis.VersionSample:
+        """One version's calls as the canary analysis takes them."""
+        return canary_analysis.VersionSample(version, self.versions[version],
+                                             self.errors[version], self.latencies[version])
+
     def record(self, version: str, pod: str, window: int, status: int = 200,
                latency_ms: float = 0.0) -> None:
         self.versions[version] += 1
@@ -151,9 +156,7 @@ def judge(replicas: dict[str, int], tally: Tally, source: str) -> Verdict:
 def analyse(verdict: Verdict, tally: Tally, config=None):
     """The canary analysis on the same calls: (analysis, (baseline, canary) samples)."""
     baseline = next(v for v in verdict.declared if v != verdict.canary)
-    samples = tuple(canary_analysis.VersionSample(
-        version, requests=tally.versions[version], errors=tally.errors[version],
-        latencies_ms=tally.latencies[version]) for version in (baseline, verdict.canary))
+    samples = (tally.sample(baseline), tally.sample(verdict.canary))
     return canary_analysis.analyze(*samples, config), samples
 
 
@@ -228,8 +231,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from canarylab import cli
 
     scenario = args.scenario
-    requests = args.requests or (SCENARIO_REQUESTS if scenario else DEFAULT_REQUESTS)
-    max_seconds = args.max_seconds or (SCENARIO_SECONDS if scenario else DEFAULT_SECONDS)
+    requests = args.requests if args.requests is not None else (
+        SCENARIO_REQUESTS if scenario else DEFAULT_REQUESTS)
+    max_seconds = args.max_seconds if args.max_seconds is not None else (
+        SCENARIO_SECONDS if scenario else DEFAULT_SECONDS)
     with tempfile.TemporaryDirectory(prefix="canarylab-scenario-") as folder:
         overlay = args.overlay
         if scenario:
@@ -265,7 +270,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"\n{text}\n\nX-Ray service map:\n{service_map}")
         if analysis is not None and analysis.decision == "rollback":
             print("\nrolling back: every notification call to v1 ...", flush=True)
-            cli.main(["split", "0"])
+            if cli.main(["split", "0"]):
+                print("the rollback did not complete: see above", file=sys.stderr)
         report = write_report(Path(args.reports) / time.strftime("%Y%m%d-%H%M%S"), verdict,
                               tally, args.overlay, service_map, text, analysed)
         print(f"\nreport: {report}/report.txt (and report.html, verdict.json, junit.xml)")

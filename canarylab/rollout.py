@@ -24,9 +24,10 @@ What a step does, on the running local cluster (``canarylab up`` first; with
 
 The analysis of one step may look up to ``--looks`` times at a growing sample,
 so each look is judged at alpha / looks (the analysis file's ``looks``,
-Bonferroni): looking again does not raise the chance of rolling back a good
-canary. A step that is still "hold" after its last look ends the rollout at
-100-0 too: a canary is promoted on evidence, not for lack of it.
+Bonferroni), and the split by the verifier's anytime-valid sequential test:
+looking again raises neither the chance of rolling back a good canary nor that
+of calling a correct split wrong. A step that is still "hold" after its last look
+ends the rollout at 100-0 too: a canary is promoted on evidence, not for lack of it.
 
 The last step, 100, gives v2 every pod: that is the promotion. No v1 is left to
 compare with, so that step checks the split and v2's own gates (success rate,
@@ -56,7 +57,7 @@ from loadtest import analysis as canary_analysis
 from loadtest.analysis_report import analysis_html
 from loadtest.junit import junit_document
 from loadtest.report import CSS
-from loadtest.verifier import Expectation, verify
+from loadtest.verifier import Expectation, SequentialVerifier, verify
 
 DEFAULT_STEPS = "25,50,75,100"
 DEFAULT_CALLS = 2000
@@ -173,12 +174,16 @@ def run_step(step: Step, total: int, args, config, baseline):
     expectation = Expectation.from_replicas(
         replicas, source=f"rollout step {step.percent}%, v1 {replicas['v1']} / v2 {replicas['v2']}")
     tally = demo.Tally()
+    # The split is looked at after every batch, so it is judged by the anytime-valid
+    # sequential test, like the analysis by alpha / looks: looking again is free.
+    checker = SequentialVerifier(expectation)
     calls = args.calls
     for look in range(1, args.looks + 1):
         more = demo.drive(url, calls, args.concurrency, args.max_seconds)
         merge(tally, more)
         step.looks, step.calls = look, tally.answered + sum(tally.failures.values())
-        verdict = verify(tally.versions, expectation, pods=tally.pods, windows=tally.windows)
+        verdict = verify(tally.versions, expectation, pods=tally.pods, windows=tally.windows,
+                         sequential=checker)
         step.split, step.verdict = verdict.status, verdict.to_dict()
         decision, reasons, analysed = judge_step(step, verdict, tally, config, baseline)
         step.decision, step.reasons = decision, reasons
@@ -196,10 +201,7 @@ def run_step(step: Step, total: int, args, config, baseline):
     step.seconds = time.monotonic() - begun
     for reason in step.reasons[:3]:
         print(f"   - {reason}")
-    if tally.versions["v1"]:
-        return canary_analysis.VersionSample("v1", tally.versions["v1"], tally.errors["v1"],
-                                             tally.latencies["v1"])
-    return baseline
+    return tally.sample("v1") if tally.versions["v1"] else baseline
 
 
 def judge_step(step: Step, verdict, tally: demo.Tally, config, baseline):
@@ -237,10 +239,7 @@ def gates_only(tally: demo.Tally, config, baseline):
     off = {name: dataclasses.replace(getattr(config, name), enabled=False)
            for name in ("latency", "tail_latency", "error_rate")}
     config = dataclasses.replace(config, **off)
-    canary = canary_analysis.VersionSample("v2", tally.versions["v2"], tally.errors["v2"],
-                                           tally.latencies["v2"])
-    baseline = baseline or canary_analysis.VersionSample(
-        "v1", tally.versions["v1"], tally.errors["v1"], tally.latencies["v1"])
+    canary, baseline = tally.sample("v2"), baseline or tally.sample("v1")
     return canary_analysis.analyze(baseline, canary, config), (baseline, canary)
 
 

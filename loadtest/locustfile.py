@@ -346,6 +346,7 @@ def expectation(options) -> Expectation:
 _stopping = False
 _master = None  # the master's Environment: worker_report, which feeds it, does not pass it
 _sequential: SequentialVerifier | None = None  # with --sequential, on the counting process
+_run = 0  # counts the runs (the web UI can start several): an old run's greenlet ends
 
 
 def _stop_at_limit(environment) -> None:
@@ -360,30 +361,38 @@ def _stop_at_limit(environment) -> None:
 
 
 def _quit(environment) -> None:
+    """End the run: headless, quit (the verdict follows at ``quitting``); under the web UI,
+    stop the users and leave Locust running for the next run."""
     global _stopping
     if not _stopping:
         _stopping = True
-        # In a greenlet of its own: quit() stops every user, maybe the caller among them.
-        gevent.spawn(environment.runner.quit)
+        end = environment.runner.stop if environment.web_ui else environment.runner.quit
+        # In a greenlet of its own: it stops every user, maybe the caller among them.
+        gevent.spawn(end)
 
 
 @events.test_start.add_listener
 def _start_looking(environment, **_) -> None:
     """A new run (the web UI can start several): not stopping yet; with --sequential, look
     at the counts every second on the counting process."""
-    global _sequential, _stopping
-    _stopping, _sequential = False, None
+    global _sequential, _stopping, _run
+    _stopping, _sequential, _run = False, None, _run + 1
     options = environment.parsed_options
     if options is None or not options.sequential or isinstance(environment.runner,
                                                                WorkerRunner):
         return
     _sequential = SequentialVerifier(expectation(options), margin=options.margin / 100)
-    gevent.spawn(_look, environment, _sequential)
+    gevent.spawn(_look, environment, _run)
 
 
-def _look(environment, checker: SequentialVerifier) -> None:
-    while checker.decision is None and not _stopping:
+def _look(environment, run: int) -> None:
+    """Look every second while this run lasts; ``_sequential`` may be replaced meanwhile
+    (counts reset: a new test from zero), so it is read again at every look."""
+    while run == _run and not _stopping:
         gevent.sleep(LOOK_SECONDS)
+        checker = _sequential
+        if run != _run or checker is None or checker.decision is not None:
+            continue
         look = checker.update(dict(split.versions))
         if look.status != "inconclusive":
             print(f"sequential check: {look.status} after {look.n} answers "
@@ -412,7 +421,10 @@ def _receive_counts(client_id, data, **_) -> None:
 
 @events.reset_stats.add_listener
 def _reset_counts(**_) -> None:
+    global _sequential
     split.reset()
+    if _sequential is not None:  # the counts start again from zero, so does the test
+        _sequential = SequentialVerifier(_sequential.expectation, margin=_sequential.margin)
 
 
 # --------------------------------------------------------------------------- the verdict
@@ -442,30 +454,32 @@ def _verdict(environment, **_) -> None:
                      pods={v: dict(p) for v, p in split.pods.items()}, windows=windows,
                      sequential=_sequential if options.sequential else None,
                      reused=split.reused)
-    error_rate = split.failures / split.requests if split.requests else 0.0
-    healthy = error_rate <= MAX_ERROR_RATE
     analysis = samples = None
+    failures = split.failures
     if options.analysis:
-        # The analysis judges errors per version, so the blunt 1% limit steps aside:
-        # a canary's errors are for the analysis to weigh against the baseline's.
+        # The analysis weighs each version's errors against the other's, so the blunt
+        # limit is left for the calls that named no version: nobody's errors to weigh.
+        failures -= sum(split.errors.values())
         samples = version_samples(expected)
         analysis = canary_analysis.analyze(*samples,
                                            canary_analysis.load_config(options.analysis))
-        exit_code = worst_exit_code(verdict.exit_code, analysis.exit_code)
-    else:
-        exit_code = verdict.exit_code if healthy else 1
+    error_rate = failures / split.requests if split.requests else 0.0
+    healthy = error_rate <= MAX_ERROR_RATE
+    exit_code = verdict.exit_code if healthy else 1
+    if analysis is not None:
+        exit_code = worst_exit_code(exit_code, analysis.exit_code)
 
     print(render(verdict))
     if analysis is not None:
-        print(f"\n{canary_analysis.render(analysis)}\n\nexit code {exit_code}")
-    else:
-        print(f"\ncanary endpoint: {split.requests} calls, {split.failures} failed "
-              f"({100 * error_rate:.2f}%, limit {100 * MAX_ERROR_RATE:g}%): "
-              f"{'healthy' if healthy else 'UNHEALTHY'}; exit code {exit_code}")
+        print(f"\n{canary_analysis.render(analysis)}")
+    failed = "calls named no version" if analysis is not None else "failed"
+    print(f"\ncanary endpoint: {split.requests} calls, {failures} {failed} "
+          f"({100 * error_rate:.2f}%, limit {100 * MAX_ERROR_RATE:g}%): "
+          f"{'healthy' if healthy else 'UNHEALTHY'}; exit code {exit_code}")
     if options.report_dir:
         report = {**verdict.to_dict(),
                   "analysis": analysis.to_dict() if analysis else None,
-                  "health": {"requests": split.requests, "failures": split.failures,
+                  "health": {"requests": split.requests, "failures": failures,
                              "error_rate": error_rate, "max_error_rate": MAX_ERROR_RATE,
                              "healthy": healthy},
                   "window_seconds": WINDOW_SECONDS, "windows": windows,
@@ -473,9 +487,9 @@ def _verdict(environment, **_) -> None:
         path = Path(options.report_dir)
         path.mkdir(parents=True, exist_ok=True)
         (path / "verdict.json").write_text(json.dumps(report, indent=2) + "\n")
-        health = (healthy, f"{split.failures} of {split.requests} canary calls failed "
+        health = (healthy, f"{failures} of {split.requests} canary calls {failed} "
                            f"({100 * error_rate:.2f}%, limit {100 * MAX_ERROR_RATE:g}%)")
-        suites = [verdict_junit(verdict, None if analysis else health)]
+        suites = [verdict_junit(verdict, health)]
         if analysis is not None:
             suites.append(analysis_junit(analysis))
         (path / "junit.xml").write_text(junit_document(*suites))

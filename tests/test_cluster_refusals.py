@@ -88,3 +88,16 @@ def test_commands_say_when_no_cluster_runs(cluster):
     assert down.returncode == 0 and "no local cluster is running" in down.stdout
     status = cluster.run("status")
     assert status.returncode == 1 and "no local cluster is running" in status.stderr
+
+
+@pytest.mark.parametrize(("pods", "services", "message"), [
+    ("127.244.0.0/24", "127.0.0.0/24", "holds 127.0.0.1"),  # iptables would catch 127.0.0.1
+    ("127.0.0.0/30", "127.96.0.0/24", "holds 127.0.0.1"),
+    ("127.244.0.0/16", "127.244.5.0/24", "overlap"),
+    ("127.244.0.0/24", "10.0.0.0/24", "not inside 127.0.0.0/8"),
+])
+def test_up_refuses_networks_that_would_catch_other_traffic(cluster, pods, services, message):
+    result = cluster.run("up", "--pod-network", pods, "--service-network", services)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert not (cluster.home / "supervisor.pid").exists() and cluster.processes() == []

@@ -149,6 +149,11 @@ def test_body_delimited_by_the_end_of_the_connection(serve):
     b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # hangs up mid-body
     b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",  # a broken header line
     b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",  # a bad length
+    "HTTP/1.1 200 OK\r\nContent-Length: \u00b9\r\n\r\n".encode("latin-1"),  # not ASCII
+    b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",  # int() refuses
+    "HTTP/1.1 \u00b200 OK\r\n\r\n".encode("latin-1"),  # a status that is no number
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n" + b"x" * 4096,
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
     b"",  # hangs up without a word
 ])
 def test_a_broken_response_is_notification_unavailable(serve, answer):

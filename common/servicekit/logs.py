@@ -5,6 +5,7 @@ the X-Ray console shows. gunicorn's access log uses the same format through
 ``GunicornLogger``. Request bodies are never logged (they hold passwords).
 """
 
+import json
 import logging
 import sys
 import time
@@ -34,7 +35,10 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         # orjson: one access line per request, and json.dumps measured ten times
         # the instructions (bench/README.md). Same JSON, without optional spaces.
-        return orjson.dumps(entry, default=str).decode()
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except orjson.JSONEncodeError:  # what only json can write (a lone surrogate, say)
+            return json.dumps(entry, default=str)
 
 
 def configure_logging(level: str) -> None:

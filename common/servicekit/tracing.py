@@ -138,10 +138,12 @@ class _QuietEmitter(UDPEmitter):
         atexit.register(self._socket.close)
 
     def send_entity(self, entity):
-        message = _DATAGRAM_HEADER + _segment_json(entity)
+        # Everything inside the try, as in the SDK's: this runs in the request's
+        # ``finally``, where an exception would replace the response being sent.
         try:
+            message = _DATAGRAM_HEADER + _segment_json(entity)
             self._socket.sendto(message, (self._ip, self._port))
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 (a lost segment must not fail a request)
             now = time.monotonic()
             if now - self._last_error_log > 60:
                 self._last_error_log = now

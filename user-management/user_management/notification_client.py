@@ -25,6 +25,7 @@ so simply connecting to the name would hit the same replica every time.
 
 import json
 import random
+import re
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ from servicekit.tracing import record_http, subsegment, trace_headers
 _MAX_LINE = 8 * 1024
 _MAX_HEADERS = 100
 _MAX_BODY = 1024 * 1024
+_DIGITS = re.compile(r"[0-9]+")
+_HEX = re.compile(r"[0-9A-Fa-f]{1,8}")  # a chunk of at most 4 GiB; _MAX_BODY is far less
+_LINE_BREAK = re.compile(r"[\r\n]")
 
 
 class NotificationUnavailable(Exception):
@@ -157,6 +161,9 @@ def _request(method: str, path: str, headers: dict[str, str], body: bytes | None
     if body is not None:
         headers["Content-Length"] = str(len(body))
     lines = [f"{method} {path} HTTP/1.1", *(f"{name}: {value}" for name, value in headers.items())]
+    if any(_LINE_BREAK.search(line) for line in lines):
+        # http.client refused these too: a line break would smuggle in a request of its own.
+        raise ValueError(f"line break in the request to notification: {lines!r}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
@@ -168,9 +175,14 @@ def _read_response(stream, method: str) -> tuple[Reply, bool]:
     status_line = _read_line(stream)
     version, _, rest = status_line.partition(" ")
     code = rest[:3]
-    if not version.startswith("HTTP/1.") or not code.isdigit() or rest[3:4] not in ("", " "):
+    if not version.startswith("HTTP/1.") or not _DIGITS.fullmatch(code) \
+            or rest[3:4] not in ("", " "):
         raise _BadResponse(f"not an HTTP response: {status_line[:80]!r}")
     status = int(code)
+    if 100 <= status < 200:
+        # An interim answer (100 Continue, 103 Early Hints): we never ask for one, and
+        # the real answer would follow on the same connection. Refuse rather than guess.
+        raise _BadResponse(f"unexpected interim response: {status_line[:80]!r}")
     headers = {}  # lower-case name -> value
     named = {}  # the names as sent
     while line := _read_line(stream):
@@ -180,7 +192,7 @@ def _read_response(stream, method: str) -> tuple[Reply, bool]:
         headers[name.lower()] = named[name] = value.strip()
     connection = headers.get("connection", "").lower()
     reusable = version == "HTTP/1.1" and "close" not in connection
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+    if method == "HEAD" or status in (204, 304):
         data = b""
     elif "chunked" in headers.get("transfer-encoding", "").lower():
         data = _read_chunked(stream)
@@ -204,7 +216,8 @@ def _read_line(stream) -> str:
 
 
 def _length(text: str) -> int:
-    if not text.isdigit() or int(text) > _MAX_BODY:
+    # ASCII digits only, and few of them: str.isdigit() takes "²", which int() refuses.
+    if not _DIGITS.fullmatch(text) or len(text) > 9 or int(text) > _MAX_BODY:
         raise _BadResponse(f"bad Content-Length: {text[:20]!r}")
     return int(text)
 
@@ -221,10 +234,10 @@ def _read_chunked(stream) -> bytes:
     body = bytearray()
     while True:
         size_text = _read_line(stream).partition(";")[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise _BadResponse(f"bad chunk size: {size_text[:20]!r}") from None
+        # Hex digits only: int(..., 16) also takes "-1", "+5", "0x5" and "1_0".
+        if not _HEX.fullmatch(size_text):
+            raise _BadResponse(f"bad chunk size: {size_text[:20]!r}")
+        size = int(size_text, 16)
         if size == 0:
             while _read_line(stream):  # trailer fields, up to the blank line
                 pass
