@@ -200,3 +200,30 @@ def test_keepalive_opens_a_new_connection_when_the_server_closes_its_own(serve):
 
     assert server.connections == 2
     assert [reply.reused for reply in replies] == [False, False]
+
+
+def test_keepalive_sends_a_get_again_when_the_idle_connection_was_closed(serve):
+    # The server answers, then closes the connection without saying so, as an idle
+    # timeout does: the next GET meets a dead connection and goes out once more.
+    keep = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    server = serve(keep, keep)
+    client = client_for(server, keepalive=True)
+
+    replies = [client.get("/notification/xray") for _ in range(2)]
+
+    assert [reply.status for reply in replies] == [200, 200]
+    assert server.connections == 2 and len(server.requests) == 2
+    assert replies[1].reused is False  # answered on the new connection
+    client._local.connection.close()
+
+
+def test_keepalive_never_sends_a_post_twice(serve):
+    keep = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    server = serve(keep)  # one answer, then it closes the connection
+    client = client_for(server, keepalive=True)
+    client.get("/notification/xray")
+
+    # A mail might have gone out before the connection died: not sent again.
+    with pytest.raises(NotificationUnavailable):
+        client.post("/notification/send", {"toEmails": ["a@example.com"]})
+    assert server.connections == 1

@@ -51,6 +51,14 @@ class _BadResponse(Exception):
     """What came back is not a well-formed HTTP/1.x response."""
 
 
+class _NoAnswer(_BadResponse):
+    """The connection ended before a single byte of the response."""
+
+
+# What a kept-alive connection the server closed looks like: no answer, or a reset.
+_STALE = (_NoAnswer, ConnectionResetError, BrokenPipeError)
+
+
 @dataclass
 class Reply:
     status: int
@@ -117,8 +125,13 @@ class NotificationClient:
             connection.sendall(_request(method, path, headers, body))
             with connection.makefile("rb") as stream:  # buffered reads; closes only itself
                 reply, reusable = _read_response(stream, method)
-        except BaseException:
+        except BaseException as exc:
             connection.close()  # a broken kept-alive connection is never reused
+            if kept is not None and method == "GET" and isinstance(exc, _STALE):
+                # The server closed the kept-alive connection while it sat idle (gunicorn
+                # does after 2 s) and answered nothing: a GET is safe to send once more,
+                # on a new connection, as pooling clients do.
+                return self._exchange(method, path, body, headers)
             raise
         if self.keepalive and reusable:
             self._local.connection = connection
@@ -172,6 +185,8 @@ def _read_response(stream, method: str) -> tuple[Reply, bool]:
 
     Returns the reply and whether the connection may carry another request.
     """
+    if not stream.peek(1):
+        raise _NoAnswer("connection closed before the response was complete")
     status_line = _read_line(stream)
     version, _, rest = status_line.partition(" ")
     code = rest[:3]
