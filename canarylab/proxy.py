@@ -449,6 +449,7 @@ class IptablesServices:
         self.chain = chain
         self.network = network  # the Service network, e.g. 127.96.0.0/24
         self._jump = ["OUTPUT", "-d", network, "-p", "tcp", "-j", chain]
+        self._rules: list[str] | None = None  # what the chain holds now, as last written
 
     @staticmethod
     def check() -> None:
@@ -462,6 +463,7 @@ class IptablesServices:
     def install(self) -> None:
         """Create (or empty) the chain and send the Service network's connections to it."""
         self._restore([])
+        self._rules = []
         if self._iptables("-C", *self._jump, check=False).returncode != 0:
             self._iptables("-I", *self._jump)
 
@@ -477,7 +479,11 @@ class IptablesServices:
                     rule += (" -m statistic --mode random"
                              f" --probability {1 / remaining:.11f}")
                 rules.append(f"{rule} -j DNAT --to-destination {pod_host}:{pod_port}")
-        self._restore(rules)
+        # The supervisor calls this on every readiness change, on its event loop: a
+        # probe that passes again changes nothing, and costs no iptables-restore.
+        if rules != self._rules:
+            self._restore(rules)
+            self._rules = rules
 
     def remove(self) -> None:
         """Take every rule and the chain away; safe to call when they are gone already."""
