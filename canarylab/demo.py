@@ -71,6 +71,18 @@ class Tally:
     def answered(self) -> int:
         return sum(self.versions.values())
 
+    def add(self, more: Tally) -> None:
+        """Add the calls of a later batch (its windows come after these)."""
+        self.versions.update(more.versions)
+        self.errors.update(more.errors)
+        self.failures.update(more.failures)
+        for version, pods in more.pods.items():
+            self.pods[version].update(pods)
+        for version, values in more.latencies.items():
+            self.latencies[version].extend(values)
+        self.windows.extend(more.windows)
+        self.seconds += more.seconds
+
     def sample(self, version: str) -> canary_analysis.VersionSample:
         """One version's calls as the canary analysis takes them."""
         return canary_analysis.VersionSample(version, self.versions[version],

@@ -180,7 +180,7 @@ def run_step(step: Step, total: int, args, config, baseline):
     calls = args.calls
     for look in range(1, args.looks + 1):
         more = demo.drive(url, calls, args.concurrency, args.max_seconds)
-        merge(tally, more)
+        tally.add(more)
         step.looks, step.calls = look, tally.answered + sum(tally.failures.values())
         verdict = verify(tally.versions, expectation, pods=tally.pods, windows=tally.windows,
                          sequential=checker)
@@ -241,19 +241,6 @@ def gates_only(tally: demo.Tally, config, baseline):
     config = dataclasses.replace(config, **off)
     canary, baseline = tally.sample("v2"), baseline or tally.sample("v1")
     return canary_analysis.analyze(baseline, canary, config), (baseline, canary)
-
-
-def merge(tally: demo.Tally, more: demo.Tally) -> None:
-    """Add the calls of one more batch to a step's tally (its windows come after)."""
-    tally.versions.update(more.versions)
-    tally.errors.update(more.errors)
-    tally.failures.update(more.failures)
-    for version, pods in more.pods.items():
-        tally.pods[version].update(pods)
-    for version, values in more.latencies.items():
-        tally.latencies[version].extend(values)
-    tally.windows.extend(more.windows)
-    tally.seconds += more.seconds
 
 
 def set_split(percent: int, total: int, quiet: bool = True) -> dict[str, int]:
